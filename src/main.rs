@@ -1,0 +1,82 @@
+//! The `tubes` command: parses the command line and calls the library.
+
+use std::net::IpAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tubes::relay::{Relay, RelayConfig};
+use tubes::server::{self, ServeConfig};
+
+#[derive(Parser)]
+#[command(name = "tubes", version, about = "A realtime relay over pure HTTP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay server.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: every interface, IPv6 and IPv4]
+    #[arg(long, env = "TUBES_HOST")]
+    host: Option<IpAddr>,
+    /// Port of the plain HTTP listener (HTTP/1.0, 1.1 and cleartext HTTP/2)
+    #[arg(long, env = "TUBES_HTTP_PORT", default_value_t = 8080)]
+    http_port: u16,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let listener = server::bind(args.host, args.http_port)
+        .with_context(|| format!("cannot listen on port {}", args.http_port))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        version = env!("CARGO_PKG_VERSION"),
+        "Tubes is serving HTTP"
+    );
+    let relay = Relay::new(RelayConfig::default());
+    server::serve(listener, relay, ServeConfig::default(), shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,235 @@
+//! One task per sender: it waits for the rendezvous, then copies the body
+//! to every receiver through a small bounded queue each, so the slowest
+//! receiver sets the pace and memory per transfer stays a few chunks per
+//! receiver whatever the speeds.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ByteStream, Count, Delivery, Head, Log, PeerGuard, WaitingReceiver};
+
+/// A receiver's stream ended before the sender's did: the response must be
+/// aborted, not ended cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the sender's stream was cut short")]
+pub struct Aborted;
+
+enum Frame {
+    Data(Bytes),
+    End,
+}
+
+pub(super) struct SenderTask {
+    pub guard: PeerGuard,
+    pub n: Count,
+    pub head: Head,
+    pub body: ByteStream,
+    pub start: oneshot::Receiver<Vec<WaitingReceiver>>,
+    pub log: mpsc::UnboundedSender<Log>,
+    pub queue_chunks: usize,
+    pub read_ahead: usize,
+}
+
+/// What the task holds towards one receiver.
+struct Out {
+    queue: mpsc::Sender<Frame>,
+    done: oneshot::Receiver<()>,
+}
+
+pub(super) async fn run_sender(task: SenderTask) {
+    let SenderTask {
+        guard,
+        n,
+        head,
+        mut body,
+        mut start,
+        log,
+        queue_chunks,
+        read_ahead,
+    } = task;
+    let say = |line| {
+        // The sender may have stopped reading its log; the transfer goes on.
+        let _ = log.send(line);
+    };
+
+    // Wait for the rendezvous, reading a little of the body meanwhile: a
+    // connection is only seen closing when it is read.
+    let mut early: VecDeque<Bytes> = VecDeque::new();
+    let mut early_bytes = 0;
+    let mut body_ended = false;
+    let receivers = loop {
+        tokio::select! {
+            biased;
+            started = &mut start => match started {
+                Ok(receivers) => break receivers,
+                // Unregistered: the sender left.
+                Err(_) => return,
+            },
+            item = body.next(), if !body_ended && early_bytes < read_ahead => match item {
+                Some(Ok(chunk)) => {
+                    early_bytes += chunk.len();
+                    early.push_back(chunk);
+                }
+                None => body_ended = true,
+                // The sender left while waiting; the guard frees the path.
+                Some(Err(_)) => return,
+            },
+        }
+    };
+    tracing::debug!(path = %guard.path, receivers = receivers.len(), "transfer starts");
+
+    say(Log::Start(n));
+    let mut outs = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        let (queue, rx) = mpsc::channel(queue_chunks.max(1));
+        let (done_tx, done) = oneshot::channel();
+        let stream = ReceiverStream {
+            rx,
+            remaining: head.content_length,
+            done: Some(done_tx),
+        };
+        let delivery = Delivery {
+            head: head.clone(),
+            body: stream,
+        };
+        if receiver.deliver.send(delivery).is_ok() {
+            outs.push(Out { queue, done });
+        } else {
+            say(Log::ReceiverAborted);
+        }
+    }
+    let total = n as usize;
+
+    let mut next_early = early.into_iter();
+    let mut sent: u64 = 0;
+    loop {
+        let item = match next_early.next() {
+            Some(chunk) => Some(Ok(chunk)),
+            None if body_ended => None,
+            None => body.next().await,
+        };
+        match item {
+            Some(Ok(chunk)) => {
+                if chunk.is_empty() {
+                    continue;
+                }
+                sent += chunk.len() as u64;
+                let mut i = 0;
+                while i < outs.len() {
+                    if outs[i].queue.send(Frame::Data(chunk.clone())).await.is_ok() {
+                        i += 1;
+                    } else {
+                        outs.swap_remove(i);
+                        say(Log::ReceiverAborted);
+                    }
+                }
+                if outs.is_empty() {
+                    say(Log::AllAborted);
+                    tracing::debug!(path = %guard.path, sent, "every receiver left");
+                    return;
+                }
+            }
+            None => break,
+            Some(Err(error)) => {
+                say(Log::SendFailed);
+                tracing::debug!(path = %guard.path, sent, %error, "sender cut short");
+                // Dropping the queues without an end aborts every receiver.
+                return;
+            }
+        }
+    }
+    say(Log::Sent);
+    let mut finished = 0;
+    for out in outs {
+        // A receiver of known length may be gone already, complete.
+        let _ = out.queue.send(Frame::End).await;
+        if out.done.await.is_ok() {
+            finished += 1;
+        } else {
+            say(Log::ReceiverAborted);
+        }
+    }
+    if finished == total {
+        say(Log::AllReceived);
+    } else if finished == 0 {
+        say(Log::AllAborted);
+    }
+    tracing::debug!(path = %guard.path, sent, finished, "transfer ends");
+}
+
+/// The bytes of one receiver. Ends cleanly only if the sender's body ended
+/// cleanly; otherwise yields [`Aborted`].
+pub struct ReceiverStream {
+    rx: mpsc::Receiver<Frame>,
+    /// Bytes still expected when the length is known.
+    remaining: Option<u64>,
+    /// Fired once the receiver has been handed everything.
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl ReceiverStream {
+    /// A stream that aborts at once: for a receiver whose sender left
+    /// between the rendezvous and the start.
+    pub fn aborted() -> Self {
+        let (_, rx) = mpsc::channel(1);
+        ReceiverStream {
+            rx,
+            remaining: None,
+            done: Some(oneshot::channel().0),
+        }
+    }
+
+    /// True once every byte of a stream of known length has been yielded;
+    /// a transport may then finish the response without polling again.
+    pub fn is_complete(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Stream for ReceiverStream {
+    type Item = Result<Bytes, Aborted>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done.is_none() {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Frame::Data(chunk))) => {
+                if let Some(remaining) = self.remaining.as_mut() {
+                    *remaining = remaining.saturating_sub(chunk.len() as u64);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Frame::End)) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.done = None;
+                Poll::Ready(Some(Err(Aborted)))
+            }
+        }
+    }
+}
+
+impl Drop for ReceiverStream {
+    fn drop(&mut self) {
+        // A transport may stop polling once a known length is complete;
+        // that receiver has everything, so it counts as a success.
+        if self.is_complete() {
+            self.finish();
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! HTTP/1.0, HTTP/1.1 and HTTP/2: requests become calls to the relay core,
+//! and what the core answers becomes responses. Every rejection is made in
+//! [`error_response`], so each has the same shape: a status, a one-line
+//! `[ERROR] ...` body with its length, and `Access-Control-Allow-Origin`.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::header::{
+    HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ALLOW,
+    CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+
+use super::body::Body;
+use super::pages;
+use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
+
+const X_PIPING: HeaderName = HeaderName::from_static("x-piping");
+const X_ROBOTS_TAG: HeaderName = HeaderName::from_static("x-robots-tag");
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, OPTIONS";
+
+/// What the HTTP transport needs to answer a request.
+#[derive(Clone)]
+pub struct Handler {
+    relay: Relay,
+    /// Whether this listener is TLS (for the URLs shown in `/help`).
+    tls: bool,
+}
+
+/// A request turned away: status and the one-line message.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Relay(#[from] relay::Reject),
+    #[error("[ERROR] Unsupported method: {0}.\n")]
+    Method(Method),
+    #[error("[ERROR] Cannot send to the reserved path '{0}'. (e.g. '/mypath123')\n")]
+    ReservedPath(String),
+    #[error("[ERROR] Content-Range is not supported for now in {0}\n")]
+    ContentRange(Method),
+    #[error("[ERROR] Service Worker registration is rejected.\n")]
+    ServiceWorker,
+    #[error("[ERROR] Invalid multipart/form-data: {0}.\n")]
+    Multipart(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl Handler {
+    pub fn new(relay: Relay, tls: bool) -> Self {
+        Handler { relay, tls }
+    }
+
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Answers one request. Never fails: a request that cannot be served
+    /// gets an error response; a transfer cut short aborts its body.
+    pub async fn handle<B>(&self, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let version = req.version();
+        let method = req.method().clone();
+        let mut response = match self.route(req).await {
+            Ok(response) => response,
+            Err(refusal) => error_response(&refusal),
+        };
+        *response.version_mut() = version;
+        if method == Method::HEAD {
+            // Same status and headers as GET, no body.
+            *response.body_mut() = Body::empty();
+        }
+        Ok(response)
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let method = req.method();
+        if method == Method::OPTIONS {
+            return Ok(preflight(req.headers()));
+        }
+        let reserved = pages::Reserved::from_path(req.uri().path());
+        if method == Method::GET || method == Method::HEAD {
+            if let Some(page) = reserved {
+                return Ok(pages::render(page, &req, self.tls));
+            }
+        }
+        if method == Method::POST || method == Method::PUT {
+            if reserved.is_some() {
+                return Err(Refusal::ReservedPath(req.uri().path().to_string()));
+            }
+            return self.send(req).await;
+        }
+        if method == Method::GET {
+            return self.receive(req).await;
+        }
+        Err(Refusal::Method(method.clone()))
+    }
+
+    async fn send<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if req.headers().contains_key(http::header::CONTENT_RANGE) {
+            return Err(Refusal::ContentRange(req.method().clone()));
+        }
+        let n = parse_count(query_value(req.uri().query(), "n").as_deref())?;
+        let version = req.version();
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let body: ByteStream = Box::pin(body.into_data_stream().map_err(Into::into));
+        let x_piping = parts
+            .headers
+            .get_all(&X_PIPING)
+            .iter()
+            .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+            .collect();
+        let (head, body) = match multipart_boundary(&parts.headers)? {
+            Some(boundary) => first_part(body, boundary, x_piping).await?,
+            None => {
+                let head = Head {
+                    content_length: parts
+                        .headers
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse().ok()),
+                    content_type: header_bytes(&parts.headers, &CONTENT_TYPE)
+                        .map(|v| safe_content_type(&v)),
+                    content_disposition: header_bytes(&parts.headers, &CONTENT_DISPOSITION),
+                    x_piping,
+                };
+                (head, body)
+            }
+        };
+        let log = self.relay.send(path, n, head, body)?;
+        tracing::debug!(path, n, "sender registered");
+        let body = if version == Version::HTTP_10 {
+            // No chunked responses in HTTP/1.0: the whole log at the end.
+            let text: String = log.map(|line| line.to_string()).collect().await;
+            Body::full(text)
+        } else {
+            Body::Log(log)
+        };
+        Ok(message(StatusCode::OK, body))
+    }
+
+    async fn receive<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal> {
+        if req
+            .headers()
+            .get("service-worker")
+            .is_some_and(|v| v.as_bytes() == b"script")
+        {
+            return Err(Refusal::ServiceWorker);
+        }
+        let n = parse_count(query_value(req.uri().query(), "n").as_deref())?;
+        let path = req.uri().path();
+        let ticket = self.relay.receive(path, n)?;
+        drop(req);
+        let Some(delivery) = ticket.ready().await else {
+            // The sender left between the rendezvous and the start.
+            let (mut parts, ()) = Response::new(()).into_parts();
+            parts.status = StatusCode::OK;
+            return Ok(Response::from_parts(
+                parts,
+                Body::Stream(relay::ReceiverStream::aborted()),
+            ));
+        };
+        Ok(receiver_response(delivery))
+    }
+}
+
+fn receiver_response(delivery: relay::Delivery) -> Response<Body> {
+    let relay::Delivery { head, body } = delivery;
+    let mut response = Response::new(Body::Stream(body));
+    let headers = response.headers_mut();
+    if let Some(length) = head.content_length {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if let Some(v) = head.content_type.and_then(to_value) {
+        headers.insert(CONTENT_TYPE, v);
+    }
+    if let Some(v) = head.content_disposition.and_then(to_value) {
+        headers.insert(CONTENT_DISPOSITION, v);
+    }
+    let has_x_piping = !head.x_piping.is_empty();
+    for v in head.x_piping.into_iter().filter_map(to_value) {
+        headers.append(X_PIPING, v);
+    }
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    if has_x_piping {
+        headers.insert(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("X-Piping"),
+        );
+    }
+    headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("none"));
+    response
+}
+
+fn to_value(bytes: Bytes) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes).ok()
+}
+
+fn header_bytes(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
+    headers
+        .get(name)
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+}
+
+/// The boundary of a `multipart/form-data` body; `None` for other bodies.
+fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("multipart/form-data") {
+        return Ok(None);
+    }
+    multer::parse_boundary(ct)
+        .map(Some)
+        .map_err(|_| Refusal::Multipart("no boundary".into()))
+}
+
+/// Reads a multipart body up to its first part's headers; the rest of that
+/// part becomes the transfer. Only the part's own type and disposition
+/// are forwarded, and no length (it is not known exactly).
+async fn first_part(
+    body: ByteStream,
+    boundary: String,
+    x_piping: Vec<Bytes>,
+) -> Result<(Head, ByteStream), Refusal> {
+    let mut multipart = multer::Multipart::new(body, boundary);
+    let field = multipart
+        .next_field()
+        .await
+        .map_err(|e| Refusal::Multipart(e.to_string()))?;
+    let Some(field) = field else {
+        let head = Head {
+            x_piping,
+            ..Head::default()
+        };
+        return Ok((head, Box::pin(futures_util::stream::empty())));
+    };
+    let head = Head {
+        content_length: None,
+        content_type: header_bytes(field.headers(), &CONTENT_TYPE).map(|v| safe_content_type(&v)),
+        content_disposition: header_bytes(field.headers(), &CONTENT_DISPOSITION),
+        x_piping,
+    };
+    // The part's stream keeps the parser alive; the rest of the body after
+    // the first part is never read.
+    let stream = field.map_err(Into::into);
+    Ok((head, Box::pin(stream)))
+}
+
+/// The first value of `key` in a query string, decoded as browsers do.
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A `text/plain` response for senders and receivers.
+fn message(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+/// Every rejection goes through here.
+fn error_response(refusal: &Refusal) -> Response<Body> {
+    let text = refusal.to_string();
+    let length = text.len();
+    tracing::debug!(status = %refusal.status(), message = text.trim_end(), "refused");
+    let mut response = message(refusal.status(), Body::full(text));
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    if let Refusal::Method(_) = refusal {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
+    response
+}
+
+/// The CORS preflight, on any path.
+fn preflight(request: &HeaderMap) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(ALLOWED_METHODS),
+    );
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Content-Disposition, X-Piping"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Access-Control-Allow-Headers"),
+    );
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    if request
+        .get("access-control-request-private-network")
+        .is_some_and(|v| v.as_bytes() == b"true")
+    {
+        headers.insert(
+            HeaderName::from_static("access-control-allow-private-network"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_decode_like_url_search_params() {
+        assert_eq!(query_value(Some("n=3"), "n").as_deref(), Some("3"));
+        assert_eq!(
+            query_value(Some("a=1&n=%32&n=5"), "n").as_deref(),
+            Some("2")
+        );
+        assert_eq!(query_value(Some("n"), "n").as_deref(), Some(""));
+        assert_eq!(query_value(Some("x=1"), "n"), None);
+        assert_eq!(query_value(None, "n"), None);
+    }
+
+    #[test]
+    fn boundary_missing_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("multipart/form-data"),
+        );
+        assert!(multipart_boundary(&h).is_err());
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("multipart/form-data; boundary=abc"),
+        );
+        assert_eq!(
+            multipart_boundary(&h).ok().flatten().as_deref(),
+            Some("abc")
+        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert_eq!(multipart_boundary(&h).ok().flatten(), None);
+    }
+}

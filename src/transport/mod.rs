@@ -1,0 +1,8 @@
+//! Transports: each translates its protocol's world into the relay core's.
+//!
+//! - [`http`]: HTTP/1.0, HTTP/1.1 and cleartext HTTP/2 on one port (hyper).
+//! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
+
+pub mod body;
+pub mod http;
+pub mod pages;
