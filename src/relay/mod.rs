@@ -71,6 +71,8 @@ struct Shared {
     paths: Mutex<HashMap<Box<str>, Slot>>,
     next_id: AtomicU64,
     config: RelayConfig,
+    /// Woken on every change of the registry, for [`Relay::wait_until`].
+    changed: tokio::sync::Notify,
 }
 
 enum Slot {
@@ -175,6 +177,7 @@ impl Relay {
             }
             take_if_ready(&mut paths, path)
         };
+        self.shared.changed.notify_waiters();
         tokio::spawn(fanout::run_sender(fanout::SenderTask {
             guard: PeerGuard::new(&self.shared, path, id, true),
             n,
@@ -230,6 +233,7 @@ impl Relay {
             }
             take_if_ready(&mut paths, path)
         };
+        self.shared.changed.notify_waiters();
         if let Some(start) = ready {
             start.go();
         }
@@ -237,6 +241,29 @@ impl Relay {
             delivery,
             _guard: PeerGuard::new(&self.shared, path, id, false),
         })
+    }
+
+    /// Waits until `pred` holds for the registry's [`Stats`], or `limit`
+    /// passes; returns the last stats seen and whether `pred` held. For
+    /// tests and health checks that must wait for an event, not a time.
+    pub async fn wait_until(
+        &self,
+        limit: std::time::Duration,
+        pred: impl Fn(&Stats) -> bool,
+    ) -> (Stats, bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let stats = self.stats();
+            if pred(&stats) {
+                return (stats, true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return (self.stats(), false);
+            }
+        }
     }
 
     /// What the registry holds right now.
@@ -324,6 +351,8 @@ impl Shared {
                 paths.shrink_to(keep);
             }
         }
+        drop(paths);
+        self.changed.notify_waiters();
     }
 }
 
