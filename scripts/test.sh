@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of Tubes on a fresh machine: installs what the tests
+# need (Debian packages, the npm reference server), checks formatting and
+# lints, then runs the whole test suite. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive: curl (real client), socat (the raw
+# relay reference in the benchmark), Node.js and npm (the reference server).
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v socat >/dev/null || need+=(socat)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${need[*]}"
+  $sudo apt-get update
+  $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+fi
+
+# The npm reference server for the differential test, pinned by the lock file.
+if [ ! -d tests/js/node_modules/piping-server ]; then
+  npm ci --prefix tests/js --no-audit --no-fund
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
