@@ -53,7 +53,10 @@ async fn sender_first(proto: Proto, method: &str) {
             early = Some(response);
         }
         let (_c, second) = request(server.addr, proto, method, &path, &[], full("x")).await;
-        assert!(second.status().is_client_error(), "second sender: {second:?}");
+        assert!(
+            second.status().is_client_error(),
+            "second sender: {second:?}"
+        );
 
         let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
         assert_eq!(received.status(), 200);
@@ -73,7 +76,10 @@ async fn sender_first(proto: Proto, method: &str) {
         };
         let log = read_body(sender_response).await.expect("sender log");
         let log = String::from_utf8_lossy(&log);
-        assert!(log.starts_with("[INFO] Waiting for 1 receiver(s)...\n"), "{log}");
+        assert!(
+            log.starts_with("[INFO] Waiting for 1 receiver(s)...\n"),
+            "{log}"
+        );
         assert!(
             log.ends_with("[INFO] All receiver(s) was/were received successfully.\n"),
             "{log}"
@@ -160,7 +166,10 @@ async fn post_cancel_post(proto: Proto) {
     drop(sender);
     server.wait_empty().await;
     let mut again = Conn::open(server.addr, proto).await;
-    let req = again.request("POST", &path).body(full("again")).expect("req");
+    let req = again
+        .request("POST", &path)
+        .body(full("again"))
+        .expect("req");
     let again_response = tokio::spawn(again.send(req));
     server
         .wait_for("new sender waiting", |s| s.waiting_senders == 1)
@@ -401,14 +410,19 @@ async fn long_transfer(proto: Proto) {
         }
     }
     assert_eq!(total, chunks * chunk);
-    assert!(writer.await.expect("writer"), "sender was held back for good");
+    assert!(
+        writer.await.expect("writer"),
+        "sender was held back for good"
+    );
     let response = tokio::time::timeout(LIMIT, pending)
         .await
         .expect("sender in time")
         .expect("task")
         .expect("sender");
     let log = read_body(response).await.expect("log");
-    assert!(String::from_utf8_lossy(&log).contains("All receiver(s) was/were received successfully."));
+    assert!(
+        String::from_utf8_lossy(&log).contains("All receiver(s) was/were received successfully.")
+    );
     drop(sender);
     server.wait_empty().await;
     server.stop().await;

@@ -131,6 +131,13 @@ pub(super) async fn run_sender(task: SenderTask) {
                 if outs.is_empty() {
                     say(Log::AllAborted);
                     tracing::debug!(path = %guard.path, sent, "every receiver left");
+                    // End the log, then give it time to reach the sender
+                    // before its request is closed: closing a socket with
+                    // unread upload bytes resets it, and a reset can
+                    // overtake the last lines.
+                    drop(log);
+                    drop(guard);
+                    linger(body).await;
                     return;
                 }
             }
@@ -160,6 +167,24 @@ pub(super) async fn run_sender(task: SenderTask) {
         say(Log::AllAborted);
     }
     tracing::debug!(path = %guard.path, sent, finished, "transfer ends");
+}
+
+/// How long, and how many bytes, a sender's upload is still read and
+/// dropped after its log has ended early.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+async fn linger(mut body: super::ByteStream) {
+    let drain = async {
+        let mut drained = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            drained += chunk.len();
+            if drained >= LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// The bytes of one receiver. Ends cleanly only if the sender's body ended

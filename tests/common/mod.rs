@@ -28,8 +28,31 @@ pub struct Server {
     task: Option<JoinHandle<()>>,
 }
 
+/// Counts panics on the runtime's worker threads, where the server's
+/// tasks run; a server that panicked fails the test at [`Server::stop`].
+static SERVER_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn watch_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some("tokio-runtime-worker") {
+                SERVER_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
+}
+
 impl Server {
     pub async fn start() -> Server {
+        watch_panics();
+        // RUST_LOG=tubes=debug shows the server's logs in a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -78,6 +101,11 @@ impl Server {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(LIMIT, task).await;
         }
+        assert_eq!(
+            SERVER_PANICS.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a server task panicked"
+        );
     }
 }
 
@@ -91,7 +119,9 @@ pub enum Proto {
 pub type ReqBody = BoxBody<Bytes, std::io::Error>;
 
 pub fn empty() -> ReqBody {
-    Empty::new().map_err(|never: Infallible| match never {}).boxed()
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
@@ -114,15 +144,19 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<ReqBody>),
 }
 
-/// One client connection. Dropping it closes the socket.
+/// One client connection. Dropping it closes the socket, as a client
+/// that goes away does (hyper's HTTP/2 client would otherwise keep the
+/// connection open in a task of its own).
 pub struct Conn {
     pub proto: Proto,
     sender: Sender,
     task: JoinHandle<()>,
+    socket: std::net::TcpStream,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
         self.task.abort();
     }
 }
@@ -131,6 +165,9 @@ impl Conn {
     pub async fn open(addr: SocketAddr, proto: Proto) -> Conn {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
+        let std_stream = stream.into_std().expect("std socket");
+        let socket = std_stream.try_clone().expect("dup socket");
+        let stream = TcpStream::from_std(std_stream).expect("tokio socket");
         let io = TokioIo::new(stream);
         match proto {
             Proto::Http10 | Proto::Http11 => {
@@ -144,6 +181,7 @@ impl Conn {
                     proto,
                     sender: Sender::H1(sender),
                     task,
+                    socket,
                 }
             }
             Proto::H2c => {
@@ -158,6 +196,7 @@ impl Conn {
                     proto,
                     sender: Sender::H2(sender),
                     task,
+                    socket,
                 }
             }
         }
@@ -180,8 +219,7 @@ impl Conn {
     pub fn send(
         &mut self,
         req: Request<ReqBody>,
-    ) -> impl std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send + 'static
-    {
+    ) -> impl std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send + 'static {
         let fut: std::pin::Pin<
             Box<dyn std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send>,
         > = match &mut self.sender {

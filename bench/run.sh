@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Benchmark Tubes beside a raw TCP relay (socat) and the npm piping-server.
+# Usage: bench/run.sh            (defaults: 1 GiB streams, 10,000 waiters)
+#        BENCH_GIB=0.25 BENCH_WAITERS=2000 BENCH_REPS=1 bench/run.sh   (quick)
+# See bench/README.md. Scratch files go to bench/out/.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+OUT=$HERE/out
+PY=(python3 "$HERE/bench.py")
+
+BENCH_GIB=${BENCH_GIB:-1}            # size of the streamed file, GiB (may be fractional)
+BENCH_REPS=${BENCH_REPS:-3}          # repetitions of each stream figure (median shown)
+BENCH_WAITERS=${BENCH_WAITERS:-10000} # waiting receivers for the memory figure
+BENCH_SETTLE=${BENCH_SETTLE:-12}     # seconds after the waiters leave for the last RSS look
+BENCH_LATENCY_N=${BENCH_LATENCY_N:-1000}
+BENCH_PAIRS=${BENCH_PAIRS:-1000}
+BENCH_SOCAT_BUF=${BENCH_SOCAT_BUF:-65536} # socat -b (curl's upload buffer is 64 KiB too)
+BENCH_MAX_TIME=${BENCH_MAX_TIME:-120} # bound on any one transfer, seconds
+BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+
+log() { printf '== %s\n' "$*" >&2; }
+# A measurement that breaks is logged and left out of the table; the run goes on.
+measure() { "${PY[@]}" "$@" || log "measurement failed (exit $?): $1 ${*:2}"; }
+
+# ------------------------------------------------------------ cleanup
+SERVER_PIDS=()
+cleanup() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        # bounded: 50 x 0.1 s, then SIGKILL
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    SERVER_PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------ tools
+missing=()
+command -v socat >/dev/null || missing+=(socat)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [[ ! -x $ROOT/tests/js/node_modules/.bin/piping-server ]]; then
+    log "npm ci --prefix tests/js"
+    npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund >&2
+fi
+if [[ $BENCH_SKIP_BUILD != 1 ]]; then
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
+TUBES=$ROOT/target/release/tubes
+NPM_SERVER=$ROOT/tests/js/node_modules/.bin/piping-server
+
+# ------------------------------------------------------------ limits
+hard=$(ulimit -Hn)
+[[ $hard == unlimited ]] && hard=1048576
+want=$((hard < 65536 ? hard : 65536))
+ulimit -n "$want"
+if ((BENCH_WAITERS + 200 > want)); then
+    log "open-file limit is $want (hard $hard): lowering BENCH_WAITERS from $BENCH_WAITERS to $((want - 200))"
+    BENCH_WAITERS=$((want - 200))
+fi
+
+# ------------------------------------------------------------ data file
+mkdir -p "$OUT"
+MIB=$(python3 -c "print(max(1, round(float('$BENCH_GIB') * 1024)))")
+FILE=$OUT/data-${MIB}MiB.bin
+if [[ ! -f $FILE || $(stat -c %s "$FILE") -ne $((MIB << 20)) ]]; then
+    log "creating $FILE"
+    dd if=/dev/urandom of="$FILE.tmp" bs=1M count="$MIB" status=none
+    mv "$FILE.tmp" "$FILE"
+fi
+cat "$FILE" >/dev/null # into the page cache
+
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+python3 - "$OUT/meta.json" <<EOF
+import json, sys, subprocess
+v = lambda *c: subprocess.run(c, capture_output=True, text=True).stdout.strip().splitlines()[0]
+json.dump({"file": "$MIB MiB", "reps": $BENCH_REPS, "waiters": $BENCH_WAITERS,
+           "tubes": v("git", "-C", "$ROOT", "describe", "--always", "--dirty"),
+           "npm piping-server": v("$NPM_SERVER", "--version"),
+           "curl": v("curl", "--version").split()[1], "socat -b": $BENCH_SOCAT_BUF},
+          open(sys.argv[1], "w"))
+EOF
+
+# ------------------------------------------------------------ servers
+# start_server KIND -> sets PORT and PID; logs to bench/out/KIND-PORT.log
+start_server() {
+    local kind=$1
+    PORT=$("${PY[@]}" freeport)
+    case $kind in
+        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
+        npm) "$NPM_SERVER" --host 127.0.0.1 --http-port "$PORT" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
+    esac
+    PID=$!
+    SERVER_PIDS+=("$PID")
+    if ! "${PY[@]}" waitport "$PORT" 20; then
+        log "$kind did not start; its log:"
+        cat "$OUT/$kind-$PORT.log" >&2
+        exit 1
+    fi
+}
+stop_server() {
+    local pid=$1 rest=() p
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${SERVER_PIDS[@]}"; do [[ $p == "$pid" ]] || rest+=("$p"); done
+    SERVER_PIDS=("${rest[@]}")
+}
+
+T0=$SECONDS
+
+# 3. memory per waiting receiver, each on a fresh server
+for kind in tubes npm; do
+    log "3. $BENCH_WAITERS waiting receivers on a fresh $kind"
+    start_server "$kind"
+    measure waiters --out "$RESULTS" --server "$kind" --port "$PORT" --pid "$PID" \
+        --count "$BENCH_WAITERS" --settle "$BENCH_SETTLE"
+    stop_server "$PID"
+done
+
+start_server tubes; TPORT=$PORT TPID=$PID
+start_server npm; NPORT=$PORT NPID=$PID
+
+stream() { # KIND MODE [extra args]
+    local kind=$1 mode=$2
+    shift 2
+    if [[ $kind == tubes ]]; then set -- --port "$TPORT" --pid "$TPID" "$@"; else set -- --port "$NPORT" --pid "$NPID" "$@"; fi
+    measure stream --out "$RESULTS" --server "$kind" --mode "$mode" --file "$FILE" \
+        --max-time "$BENCH_MAX_TIME" "$@"
+}
+
+# 1 + 2. single stream, repetitions interleaved so that drift hits all alike
+log "1+2. single stream, $MIB MiB, $BENCH_REPS reps: Tubes, socat relay, npm"
+for rep in $(seq "$BENCH_REPS"); do
+    stream tubes h1
+    measure socat --out "$RESULTS" --file "$FILE" --buf "$BENCH_SOCAT_BUF" --max-time "$BENCH_MAX_TIME"
+    stream npm h1
+done
+log "1b. the same without curl's Expect: 100-continue"
+for rep in $(seq "$BENCH_REPS"); do
+    stream tubes noexp --no-expect
+    stream npm noexp --no-expect
+done
+
+# 6. fan-out
+log "6. n=3 fan-out, $BENCH_REPS reps"
+for rep in $(seq "$BENCH_REPS"); do
+    stream tubes n3 --n 3
+    stream npm n3 --n 3
+done
+
+# 7. h2c upload (h1 upload is figure 1, same run)
+log "7. h2c upload, $BENCH_REPS reps"
+npm_h2c=1
+for rep in $(seq "$BENCH_REPS"); do
+    stream tubes h2c --h2c
+    if ((npm_h2c)); then
+        stream npm h2c --h2c
+        # the npm server speaks HTTP/1 only: do not retry a refusal
+        tail -1 "$RESULTS" | grep -q '"ok": true' || npm_h2c=0
+    fi
+done
+
+# 4. latency, 5. simultaneous pairs
+for kind in tubes npm; do
+    if [[ $kind == tubes ]]; then port=$TPORT; else port=$NPORT; fi
+    log "4. latency, $BENCH_LATENCY_N sequential 10-byte transfers: $kind"
+    measure latency --out "$RESULTS" --server "$kind" --port "$port" \
+        --count "$BENCH_LATENCY_N" --max-time 120
+    log "5. $BENCH_PAIRS simultaneous pairs: $kind"
+    measure pairs --out "$RESULTS" --server "$kind" --port "$port" \
+        --count "$BENCH_PAIRS" --max-time 60
+done
+
+cleanup
+log "done in $((SECONDS - T0)) s of measuring; raw results in $RESULTS"
+echo
+"${PY[@]}" report --out "$RESULTS" --meta "$OUT/meta.json" | tee "$OUT/table.txt"
