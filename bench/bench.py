@@ -45,6 +45,16 @@ def proc_cpu(pid):
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def busy_seconds():
+    """CPU seconds all processes of the machine spent in user and system
+    mode (from /proc/stat; softirq time, where loopback TCP work is partly
+    counted, is left out because it is not charged to any process)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2]) / CLK_TCK
+
+
 def listen_drops():
     """TcpExt ListenDrops of this network namespace (SYNs or ACKs dropped
     because a listen queue was full: the client retries after ~1 s)."""
@@ -181,6 +191,7 @@ def cmd_stream(a):
     ch = Children()
     try:
         cpu0 = proc_cpu(a.pid)
+        busy0 = busy_seconds()
         recv = [ch.start(f"r{i}", curl_receiver(url, a.max_time), stdout=subprocess.PIPE)
                 for i in range(a.n)]
         time.sleep(0.3)  # let the receivers register
@@ -202,6 +213,7 @@ def cmd_stream(a):
             ch.reap(names, a.max_time + 5)
         time.sleep(0.05)
         cpu1 = proc_cpu(a.pid)
+        busy1 = busy_seconds()
     finally:
         ch.cleanup()
     got = []
@@ -225,10 +237,13 @@ def cmd_stream(a):
         server_cpu=cpu1 - cpu0,
         sender_cpu=s.get("cpu", 0), receiver_cpu=sum(r.get("cpu", 0) for r in rs) / max(a.n, 1),
     )
+    # CPU used by everything else on the machine meanwhile (noise).
+    ours = rec["server_cpu"] + s.get("cpu", 0) + sum(r.get("cpu", 0) for r in rs)
+    rec["other_cores"] = max(0.0, (busy1 - busy0) - ours) / (time.perf_counter() - t0)
     emit(a.out, **rec)
     log(f"{a.server:5} {a.mode:6} {'ok ' if ok else 'FAIL'} {rec['mbps']:7.1f} MB/s  "
         f"server {rec['server_cpu']:.2f}s cpu  sender {rec['sender_cpu']:.2f}s  "
-        f"receiver {rec['receiver_cpu']:.2f}s  ({wall:.2f}s)")
+        f"receiver {rec['receiver_cpu']:.2f}s  ({wall:.2f}s, others {rec['other_cores']:.2f} cores)")
 
 
 def cmd_socat(a):
@@ -247,10 +262,12 @@ def cmd_socat(a):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not _listening({pr, pa}):
             time.sleep(0.02)
+        busy0 = busy_seconds()
         t0 = time.perf_counter()
         with open(a.file, "rb") as f:
             ch.start("s", ["socat", "-u", *b, "STDIN", f"TCP:{HOST}:{pa}"], stdin=f)
         ch.reap(["s", "r", "relay"], a.max_time + 5)
+        busy1, t1 = busy_seconds(), time.perf_counter()
     finally:
         ch.cleanup()
     # Bytes the receiver wrote to /dev/null, read from its /proc/PID/io.
@@ -261,10 +278,12 @@ def cmd_socat(a):
     rec = dict(fig="stream", server="socat", mode="h1", ok=ok, size=size, delivered=got,
                wall=wall, mbps=got / wall / 1e6, server_cpu=d.get("relay", {}).get("cpu", 0),
                sender_cpu=d.get("s", {}).get("cpu", 0), receiver_cpu=d.get("r", {}).get("cpu", 0))
+    ours = sum(d.get(n, {}).get("cpu", 0) for n in ("s", "r", "relay"))
+    rec["other_cores"] = max(0.0, (busy1 - busy0) - ours) / (t1 - t0)
     emit(a.out, **rec)
     log(f"socat  tcp    {'ok ' if ok else 'FAIL'} {rec['mbps']:7.1f} MB/s  "
         f"relay {rec['server_cpu']:.2f}s cpu  sender {rec['sender_cpu']:.2f}s  "
-        f"receiver {rec['receiver_cpu']:.2f}s  ({wall:.2f}s)")
+        f"receiver {rec['receiver_cpu']:.2f}s  ({wall:.2f}s, others {rec['other_cores']:.2f} cores)")
 
 
 def _listening(ports):
@@ -663,6 +682,11 @@ def cmd_report(a):
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths).rstrip())
+    other = [r["other_cores"] for r in recs if r["fig"] == "stream" and "other_cores" in r]
+    if other:
+        o = statistics.median(other)
+        out.append(f"CPU used by other processes during the stream runs: median {o:.2f}, max {max(other):.2f} cores"
+                   + ("  (busy machine: throughput figures are noisy)" if o > 0.15 else ""))
     failed = [r for r in recs if r["fig"] == "stream" and not r["ok"]]
     if failed:
         out.append("failed stream runs: " + ", ".join(

@@ -1,1 +1,239 @@
+//! The core without sockets: rendezvous, rejections, fan-out and cleanup,
+//! with in-memory senders and receivers.
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// A sender body the test feeds; `Err` cuts it.
+fn body() -> (mpsc::Sender<Result<Bytes, BodyError>>, ByteStream) {
+    let (tx, rx) = mpsc::channel(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (tx, Box::pin(stream))
+}
+
+fn head() -> Head {
+    Head {
+        content_type: Some(Bytes::from_static(b"text/plain")),
+        ..Head::default()
+    }
+}
+
+async fn collect(stream: ReceiverStream) -> Result<Vec<u8>, Aborted> {
+    let mut out = Vec::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        out.extend_from_slice(&item?);
+    }
+    Ok(out)
+}
+
+async fn lines(log: SenderLog) -> Vec<Log> {
+    log.collect().await
+}
+
+async fn settle(relay: &Relay, pred: impl Fn(&Stats) -> bool) {
+    let (stats, ok) = relay.wait_until(Duration::from_secs(10), pred).await;
+    assert!(ok, "{stats:?}");
+}
+
+#[tokio::test]
+async fn sender_first_then_receiver() {
+    let relay = Relay::default();
+    let (tx, b) = body();
+    let log = relay.send("/p", 1, head(), b).expect("sender");
+    let ticket = relay.receive("/p", 1).expect("receiver");
+    let delivery = ticket.ready().await.expect("start");
+    assert_eq!(delivery.head, head());
+    tx.send(Ok(Bytes::from_static(b"hello")))
+        .await
+        .expect("feed");
+    drop(tx);
+    assert_eq!(collect(delivery.body).await, Ok(b"hello".to_vec()));
+    assert_eq!(
+        lines(log).await,
+        [
+            Log::Waiting(1),
+            Log::ReceiverConnected,
+            Log::Start(1),
+            Log::Sent,
+            Log::AllReceived
+        ]
+    );
+    settle(&relay, |s| *s == Stats::default()).await;
+}
+
+#[tokio::test]
+async fn receivers_first_with_fan_out() {
+    let relay = Relay::default();
+    let a = relay.receive("/p", 2).expect("a");
+    assert_eq!(
+        relay.receive("/p", 3).err(),
+        Some(Reject::CountMismatch {
+            expected: 2,
+            got: 3
+        })
+    );
+    let b = relay.receive("/p", 2).expect("b");
+    assert_eq!(relay.receive("/p", 2).err(), Some(Reject::ReceiversFull));
+    let (tx, body_stream) = body();
+    assert_eq!(
+        relay.send("/p", 1, head(), body().1).err(),
+        Some(Reject::CountMismatch {
+            expected: 2,
+            got: 1
+        })
+    );
+    let log = relay.send("/p", 2, head(), body_stream).expect("sender");
+    assert_eq!(
+        relay.send("/p", 2, head(), body().1).err(),
+        Some(Reject::Established("/p".into()))
+    );
+    let (a, b) = (a.ready().await.expect("a"), b.ready().await.expect("b"));
+    let feed = tokio::spawn(async move {
+        for i in 0..100u8 {
+            tx.send(Ok(Bytes::from(vec![i; 1000]))).await.expect("feed");
+        }
+    });
+    let (ra, rb) = tokio::join!(collect(a.body), collect(b.body));
+    feed.await.expect("feed");
+    assert_eq!(ra.expect("a").len(), 100_000);
+    assert_eq!(rb.expect("b").len(), 100_000);
+    let log = lines(log).await;
+    assert_eq!(
+        log[..3],
+        [Log::Waiting(2), Log::ReceiversPresent(2), Log::Start(2)]
+    );
+    assert_eq!(log.last(), Some(&Log::AllReceived));
+}
+
+#[tokio::test]
+async fn waiting_peers_that_leave_are_forgotten() {
+    let relay = Relay::default();
+    let ticket = relay.receive("/r", 1).expect("receiver");
+    drop(ticket);
+    assert_eq!(relay.stats(), Stats::default());
+    let log = relay.send("/s", 1, head(), body().1).expect("sender");
+    assert_eq!(
+        relay.send("/s", 1, head(), body().1).err(),
+        Some(Reject::AnotherSender("/s".into()))
+    );
+    drop(log);
+    settle(&relay, |s| *s == Stats::default()).await;
+    // Reused at once.
+    let _log = relay.send("/s", 1, head(), body().1).expect("sender again");
+}
+
+#[tokio::test]
+async fn a_sender_whose_body_fails_while_waiting_is_forgotten() {
+    let relay = Relay::default();
+    let (tx, b) = body();
+    let _log = relay.send("/s", 1, head(), b).expect("sender");
+    tx.send(Err("gone".into())).await.expect("feed");
+    settle(&relay, |s| *s == Stats::default()).await;
+}
+
+#[tokio::test]
+async fn a_cut_sender_aborts_every_receiver() {
+    let relay = Relay::default();
+    let (tx, b) = body();
+    let log = relay.send("/p", 2, head(), b).expect("sender");
+    let a = relay.receive("/p", 2).expect("a");
+    let b = relay.receive("/p", 2).expect("b");
+    let (a, b) = (a.ready().await.expect("a"), b.ready().await.expect("b"));
+    tx.send(Ok(Bytes::from_static(b"part")))
+        .await
+        .expect("feed");
+    tx.send(Err("cut".into())).await.expect("feed");
+    assert_eq!(collect(a.body).await, Err(Aborted));
+    assert_eq!(collect(b.body).await, Err(Aborted));
+    assert_eq!(lines(log).await.last(), Some(&Log::SendFailed));
+    settle(&relay, |s| *s == Stats::default()).await;
+}
+
+#[tokio::test]
+async fn a_slow_receiver_holds_the_sender_back_with_bounded_memory() {
+    let relay = Relay::new(RelayConfig {
+        queue_chunks: 2,
+        read_ahead: 0,
+    });
+    let (tx, b) = body();
+    let _log = relay.send("/p", 1, head(), b).expect("sender");
+    let r = relay.receive("/p", 1).expect("r");
+    let delivery = r.ready().await.expect("start");
+    // Nobody reads: the sender gets a bounded number of chunks in (the
+    // queue, the one being sent, the body channel's slot), then waits.
+    let mut accepted = 0;
+    for _ in 0..100 {
+        let sent = tokio::time::timeout(
+            Duration::from_millis(50),
+            tx.send(Ok(Bytes::from_static(b"chunk"))),
+        )
+        .await;
+        if sent.is_err() {
+            break;
+        }
+        accepted += 1;
+    }
+    assert!(
+        accepted <= 5,
+        "accepted {accepted} chunks with nobody reading"
+    );
+    drop(delivery);
+}
+
+#[tokio::test]
+async fn one_receiver_leaving_does_not_disturb_the_other() {
+    let relay = Relay::default();
+    let (tx, b) = body();
+    let log = relay.send("/p", 2, head(), b).expect("sender");
+    let a = relay.receive("/p", 2).expect("a").ready();
+    let b = relay.receive("/p", 2).expect("b").ready();
+    let (a, b) = tokio::join!(a, b);
+    drop(a);
+    let b = b.expect("b");
+    let feed = tokio::spawn(async move {
+        for _ in 0..50 {
+            tx.send(Ok(Bytes::from(vec![1u8; 100])))
+                .await
+                .expect("feed");
+        }
+    });
+    assert_eq!(collect(b.body).await.expect("b").len(), 5000);
+    feed.await.expect("feed");
+    let log = lines(log).await;
+    assert!(log.contains(&Log::ReceiverAborted), "{log:?}");
+    assert!(!log.contains(&Log::AllAborted), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_known_length_receiver_that_stops_polling_counts_as_complete() {
+    let relay = Relay::default();
+    let (tx, b) = body();
+    let head = Head {
+        content_length: Some(3),
+        ..Head::default()
+    };
+    let log = relay.send("/p", 1, head, b).expect("sender");
+    let delivery = relay
+        .receive("/p", 1)
+        .expect("r")
+        .ready()
+        .await
+        .expect("start");
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.expect("feed");
+    let mut stream = Box::pin(delivery.body);
+    assert_eq!(stream.next().await, Some(Ok(Bytes::from_static(b"abc"))));
+    assert!(stream.is_complete());
+    // A transport that knows the length is done drops the stream here.
+    drop(stream);
+    drop(tx);
+    let log = lines(log).await;
+    assert_eq!(log.last(), Some(&Log::AllReceived), "{log:?}");
+}
