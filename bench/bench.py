@@ -728,7 +728,10 @@ def main():
             q.add_argument("--settle", type=float, default=12)
     r = sub.add_parser("report"); r.add_argument("--out", required=True); r.add_argument("--meta")
     a = p.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Die of the signal itself on Ctrl-C or SIGTERM, so that run.sh (bash)
+    # sees it and stops too; children die with us (PR_SET_PDEATHSIG).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if a.cmd == "freeport":
         print(free_port())
     elif a.cmd == "waitport":

@@ -87,6 +87,7 @@ cat "$FILE" >/dev/null # into the page cache
 
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
+rm -f "$OUT"/tubes-*.log "$OUT"/npm-*.log # server logs of earlier runs
 python3 - "$OUT/meta.json" <<EOF
 import json, sys, subprocess
 v = lambda *c: subprocess.run(c, capture_output=True, text=True).stdout.strip().splitlines()[0]
