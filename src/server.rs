@@ -67,7 +67,8 @@ fn builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(8192);
     builder
         .http2()
         .timer(TokioTimer::new())

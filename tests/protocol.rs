@@ -541,3 +541,31 @@ async fn http1_0_wire_format() {
     assert!(received.ends_with("\r\n\r\nhello"), "{received}");
     server.stop().await;
 }
+
+/// curl sends `Expect: 100-continue` with large uploads and waits a second
+/// for the `100` unless it comes: it must come before the sender's `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_before_the_sender_log() {
+    let server = Server::start().await;
+    let mut s = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, s.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 100 Continue\r\n"), "{text}");
+    server.stop().await;
+}

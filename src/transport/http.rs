@@ -106,7 +106,8 @@ impl Handler {
             if reserved.is_some() {
                 return Err(Refusal::ReservedPath(req.uri().path().to_string()));
             }
-            return self.send(req).await;
+            // Boxed: a waiting receiver's future stays small.
+            return Box::pin(self.send(req)).await;
         }
         if method == Method::GET {
             return self.receive(req).await;
@@ -126,7 +127,10 @@ impl Handler {
         let version = req.version();
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
-        let body: ByteStream = Box::pin(body.into_data_stream().map_err(Into::into));
+        let mut body: ByteStream = Box::pin(body.into_data_stream().map_err(Into::into));
+        if expects_continue(&parts.headers) {
+            body = answer_continue(body).await;
+        }
         let x_piping = parts
             .headers
             .get_all(&X_PIPING)
@@ -223,6 +227,30 @@ fn header_bytes(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
     headers
         .get(name)
         .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// A client that sent `Expect: 100-continue` (curl does for large or
+/// unknown-size uploads) waits for `100 Continue` before its body, a
+/// second by default. hyper writes the `100` when the body is first
+/// polled, but only while no final response has been written, and a
+/// sender's `200` goes out at once. So: poll the body once here, yield so
+/// the connection writes the `100`, then go on. Nothing is lost: a chunk
+/// that came with that poll is kept in front of the stream.
+async fn answer_continue(body: ByteStream) -> ByteStream {
+    let mut body = body.peekable();
+    std::future::poll_fn(|cx| {
+        let _ = std::pin::Pin::new(&mut body).poll_peek(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    tokio::task::yield_now().await;
+    Box::pin(body)
 }
 
 /// The boundary of a `multipart/form-data` body; `None` for other bodies.
