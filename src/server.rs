@@ -8,10 +8,10 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -60,26 +60,91 @@ fn bind_dual_stack(port: u16) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// The HTTP connection builder: HTTP/1.0, 1.1 and cleartext HTTP/2 (prior
-/// knowledge) on one port, tuned for long streams.
-fn builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(8192);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Windows big enough that one stream is not held back by
-        // round trips of WINDOW_UPDATE; memory per stream stays bounded by
-        // the window.
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_frame_size(1 << 16)
-        .max_send_buf_size(1 << 20);
-    builder
+/// The first bytes of every cleartext HTTP/2 connection (prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1 and HTTP/2 connection settings, tuned for long streams.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+impl Builders {
+    fn new(config: &ServeConfig) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            // Windows big enough that one stream is not held back by round
+            // trips of WINDOW_UPDATE; memory per stream stays bounded by
+            // the window.
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_frame_size(1 << 16)
+            .max_send_buf_size(1 << 20);
+        Builders {
+            http1,
+            http2,
+            header_read_timeout: config.header_read_timeout,
+        }
+    }
+
+    /// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface,
+    /// HTTP/1 otherwise.
+    async fn serve(&self, stream: TcpStream, handler: Handler) {
+        let h2 = match tokio::time::timeout(self.header_read_timeout, starts_h2(&stream)).await {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no request head in time");
+                return;
+            }
+        };
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { handler.handle(req).await }
+        });
+        let io = TokioIo::new(stream);
+        let result = if h2 {
+            self.http2.serve_connection(io, service).await
+        } else {
+            self.http1
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+/// Peeks (without reading) at a new connection's first bytes to tell
+/// HTTP/2 prior knowledge from HTTP/1. Peeking instead of reading keeps
+/// hyper's HTTP/1 read buffer at its first, small size while a request
+/// waits (see shared/notes/measurements.md).
+async fn starts_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    // A preface split over several segments: look again a little later
+    // (bounded: the caller's timeout ends it).
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Serves HTTP on `listener` with `relay` until `shutdown` completes, then
@@ -91,7 +156,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let handler = Handler::new(relay, false);
-    let builder = builder(&config);
+    let builders = Builders::new(&config);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -112,23 +177,9 @@ pub async fn serve(
         // HTTP/2 window updates are not held back by Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let span = tracing::debug_span!("conn", %peer);
-        connections.spawn(
-            async move {
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { handler.handle(req).await }
-                });
-                if let Err(error) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            }
-            .instrument(span),
-        );
+        connections.spawn(async move { builders.serve(stream, handler).await }.instrument(span));
     }
     tracing::info!(open = connections.len(), "shutting down");
     connections.shutdown().await;
