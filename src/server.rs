@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -96,7 +97,7 @@ impl Builders {
 
     /// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface,
     /// HTTP/1 otherwise.
-    async fn serve(&self, stream: TcpStream, handler: Handler) {
+    async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler) {
         let h2 = match tokio::time::timeout(self.header_read_timeout, starts_h2(&stream)).await {
             Ok(Ok(h2)) => h2,
             Ok(Err(error)) => {
@@ -108,10 +109,7 @@ impl Builders {
                 return;
             }
         };
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { handler.handle(req).await }
-        });
+        let service = service_fn(move |req| handler.handle(req));
         let io = TokioIo::new(stream);
         let result = if h2 {
             self.http2.serve_connection(io, service).await
@@ -156,7 +154,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let handler = Handler::new(relay, false);
-    let builders = Builders::new(&config);
+    // Shared, not cloned per connection: each waiting connection's task
+    // stays small.
+    let builders = Arc::new(Builders::new(&config));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -177,7 +177,7 @@ pub async fn serve(
         // HTTP/2 window updates are not held back by Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let builders = builders.clone();
+        let builders = Arc::clone(&builders);
         let span = tracing::debug_span!("conn", %peer);
         connections.spawn(async move { builders.serve(stream, handler).await }.instrument(span));
     }

@@ -4,6 +4,8 @@
 //! `[ERROR] ...` body with its length, and `Access-Control-Allow-Origin`.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -68,51 +70,66 @@ impl Handler {
 
     /// Answers one request. Never fails: a request that cannot be served
     /// gets an error response; a transfer cut short aborts its body.
-    pub async fn handle<B>(&self, req: Request<B>) -> Result<Response<Body>, Infallible>
+    ///
+    /// Checks run at once; only what must wait becomes a future, and it
+    /// holds no more than it needs: a waiting receiver's future keeps its
+    /// ticket, not its request, so ten thousand waiting cost little.
+    pub fn handle<B>(&self, req: Request<B>) -> Reply
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let version = req.version();
-        let method = req.method().clone();
-        let mut response = match self.route(req).await {
-            Ok(response) => response,
-            Err(refusal) => error_response(&refusal),
+        let head_only = req.method() == Method::HEAD;
+        let finish = move |result: Result<Response<Body>, Refusal>| {
+            let mut response = result.unwrap_or_else(|refusal| error_response(&refusal));
+            *response.version_mut() = version;
+            if head_only {
+                // Same status and headers as GET, no body.
+                *response.body_mut() = Body::empty();
+            }
+            Ok(response)
         };
-        *response.version_mut() = version;
-        if method == Method::HEAD {
-            // Same status and headers as GET, no body.
-            *response.body_mut() = Body::empty();
+        match self.route(req) {
+            Route::Now(result) => Box::pin(std::future::ready(finish(result))),
+            Route::Later(later) => Box::pin(async move { finish(later.await) }),
         }
-        Ok(response)
     }
 
-    async fn route<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal>
+    fn route<B>(&self, req: Request<B>) -> Route
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let method = req.method();
         if method == Method::OPTIONS {
-            return Ok(preflight(req.headers()));
+            return Route::Now(Ok(preflight(req.headers())));
         }
         let reserved = pages::Reserved::from_path(req.uri().path());
         if method == Method::GET || method == Method::HEAD {
             if let Some(page) = reserved {
-                return Ok(pages::render(page, &req, self.tls));
+                return Route::Now(Ok(pages::render(page, &req, self.tls)));
             }
         }
         if method == Method::POST || method == Method::PUT {
             if reserved.is_some() {
-                return Err(Refusal::ReservedPath(req.uri().path().to_string()));
+                return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
             }
-            // Boxed: a waiting receiver's future stays small.
-            return Box::pin(self.send(req)).await;
+            let this = self.clone();
+            return Route::Later(Box::pin(async move { this.send(req).await }));
         }
         if method == Method::GET {
-            return self.receive(req).await;
+            return match self.receive(&req) {
+                Ok(ticket) => {
+                    drop(req);
+                    Route::Later(Box::pin(async move {
+                        Ok(receiver_response(ticket.ready().await))
+                    }))
+                }
+                Err(refusal) => Route::Now(Err(refusal)),
+            };
         }
-        Err(Refusal::Method(method.clone()))
+        Route::Now(Err(Refusal::Method(method.clone())))
     }
 
     async fn send<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal>
@@ -166,7 +183,8 @@ impl Handler {
         Ok(message(StatusCode::OK, body))
     }
 
-    async fn receive<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal> {
+    /// Registers a receiver; the ticket resolves when its transfer starts.
+    fn receive<B>(&self, req: &Request<B>) -> Result<relay::ReceiverTicket, Refusal> {
         if req
             .headers()
             .get("service-worker")
@@ -175,24 +193,25 @@ impl Handler {
             return Err(Refusal::ServiceWorker);
         }
         let n = parse_count(query_value(req.uri().query(), "n").as_deref())?;
-        let path = req.uri().path();
-        let ticket = self.relay.receive(path, n)?;
-        drop(req);
-        let Some(delivery) = ticket.ready().await else {
-            // The sender left between the rendezvous and the start.
-            let (mut parts, ()) = Response::new(()).into_parts();
-            parts.status = StatusCode::OK;
-            return Ok(Response::from_parts(
-                parts,
-                Body::Stream(relay::ReceiverStream::aborted()),
-            ));
-        };
-        Ok(receiver_response(delivery))
+        Ok(self.relay.receive(req.uri().path(), n)?)
     }
 }
 
-fn receiver_response(delivery: relay::Delivery) -> Response<Body> {
-    let relay::Delivery { head, body } = delivery;
+/// What [`Handler::handle`] returns: the response, once it is ready.
+pub type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+enum Route {
+    Now(Result<Response<Body>, Refusal>),
+    Later(Pin<Box<dyn Future<Output = Result<Response<Body>, Refusal>> + Send>>),
+}
+
+/// A receiver's response: the sender's head and its stream. `None` (the
+/// sender left between the rendezvous and the start) gives a response that
+/// aborts at once, so the receiver sees a cut stream.
+fn receiver_response(delivery: Option<relay::Delivery>) -> Response<Body> {
+    let Some(relay::Delivery { head, body }) = delivery else {
+        return Response::new(Body::Stream(relay::ReceiverStream::aborted()));
+    };
     let mut response = Response::new(Body::Stream(body));
     let headers = response.headers_mut();
     if let Some(length) = head.content_length {
@@ -378,6 +397,26 @@ mod tests {
         assert_eq!(query_value(Some("n"), "n").as_deref(), Some(""));
         assert_eq!(query_value(Some("x=1"), "n"), None);
         assert_eq!(query_value(None, "n"), None);
+    }
+
+    /// Ten thousand waiting receivers each keep their reply future alive;
+    /// it must hold the ticket, not the request.
+    #[tokio::test]
+    async fn a_waiting_receiver_holds_little() {
+        let handler = Handler::new(Relay::default(), false);
+        let req = Request::get("/wait?n=1")
+            .header("user-agent", "x".repeat(500))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let reply = handler.handle(req);
+        assert_eq!(handler.relay().stats().waiting_receivers, 1);
+        let size = std::mem::size_of_val(&*reply);
+        assert!(
+            size <= 128,
+            "a waiting receiver's future takes {size} bytes"
+        );
+        drop(reply);
+        assert_eq!(handler.relay().stats().waiting_receivers, 0);
     }
 
     #[test]
