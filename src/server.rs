@@ -38,26 +38,37 @@ impl Default for ServeConfig {
 /// and IPv4 on one dual-stack socket where the system has IPv6, else IPv4.
 pub fn bind(host: Option<IpAddr>, port: u16) -> io::Result<TcpListener> {
     let listener = match host {
-        Some(ip) => std::net::TcpListener::bind(SocketAddr::new(ip, port))?,
-        None => match bind_dual_stack(port) {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::debug!(%error, "no IPv6; listening on IPv4 only");
-                std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))?
+        Some(ip) => bind_socket(SocketAddr::new(ip, port), false)?,
+        None => {
+            let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            match bind_socket(any6, true) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::debug!(%error, "no IPv6; listening on IPv4 only");
+                    let any4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port);
+                    bind_socket(any4, false)?
+                }
             }
-        },
+        }
     };
-    listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
 }
 
-fn bind_dual_stack(port: u16) -> io::Result<std::net::TcpListener> {
+/// Connections the kernel queues before we accept them. The standard
+/// library's 128 drops connections when a thousand clients arrive at once;
+/// the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(false)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
     socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
-    socket.listen(1024)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
