@@ -114,7 +114,10 @@ fn large_file_through_curl_and_clean_stop() {
     let sent = run(sender);
     assert!(sent.status.success(), "{sent:?}");
     let log = String::from_utf8_lossy(&sent.stdout);
-    assert!(log.contains("[INFO] Start sending to 1 receiver(s)!"), "{log}");
+    assert!(
+        log.contains("[INFO] Start sending to 1 receiver(s)!"),
+        "{log}"
+    );
     let received = receiver.wait_with_output().expect("receiver");
     assert!(received.status.success());
     let got = std::fs::read(&output).expect("output");

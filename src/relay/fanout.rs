@@ -136,13 +136,13 @@ pub(super) async fn run_sender(task: SenderTask) {
                 if outs.is_empty() {
                     say(Log::AllAborted);
                     tracing::debug!(path = %guard.path, sent, "every receiver left");
-                    // End the log, then give it time to reach the sender
+                    // End the log, and give it time to reach the sender
                     // before its request is closed: closing a socket with
                     // unread upload bytes resets it, and a reset can
                     // overtake the last lines.
-                    drop(log);
-                    drop(guard);
-                    linger(body).await;
+                    // The linger outlives the log: the response ends at
+                    // once, and the connection closes after the linger.
+                    tokio::spawn(linger(body));
                     return;
                 }
             }

@@ -12,15 +12,18 @@
 //!
 //! Ownership is what keeps the registry exact. Each waiting peer's handle
 //! removes its entry when dropped, whatever the reason (the client left,
-//! the transport failed, the task was cancelled). The sender's task owns
-//! the body, the receivers' queues and the "busy" mark of the path, so
-//! when it ends, all of them go. The registry's lock is a plain mutex that
-//! is never held across an `.await`.
+//! the transport failed, the task was cancelled). The sender's log owns
+//! the transfer: the body, the receivers' queues and the "busy" mark of
+//! the path, so when it ends or is dropped, all of them go. There is no
+//! task per transfer: polling the log runs it, on the sender's connection.
+//! The registry's lock is a plain mutex that is never held across an
+//! `.await`.
 
 mod fanout;
 pub mod protocol;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -125,8 +128,8 @@ impl Relay {
     }
 
     /// Registers a sender of `n` receivers on `path`. On success the
-    /// sender's task owns `body`; the returned log ends when the transfer
-    /// is over. Must be called within a tokio runtime.
+    /// returned log owns `body` and, polled, runs the transfer; it ends
+    /// when the transfer is over.
     pub fn send(
         &self,
         path: &str,
@@ -178,7 +181,7 @@ impl Relay {
             take_if_ready(&mut paths, path)
         };
         self.shared.changed.notify_waiters();
-        tokio::spawn(fanout::run_sender(fanout::SenderTask {
+        let transfer = fanout::run_sender(fanout::SenderTask {
             guard: PeerGuard::new(&self.shared, path, id, true),
             n,
             head,
@@ -187,11 +190,12 @@ impl Relay {
             log: log_tx,
             queue_chunks: self.shared.config.queue_chunks,
             read_ahead: self.shared.config.read_ahead,
-        }));
+        });
         if let Some(start) = ready {
             start.go();
         }
         Ok(SenderLog {
+            transfer: Some(Box::pin(transfer)),
             log: log_rx,
             _guard: PeerGuard::new(&self.shared, path, id, false),
         })
@@ -286,7 +290,7 @@ impl Relay {
     }
 }
 
-/// A rendezvous that just completed: the sender's task is told to start.
+/// A rendezvous that just completed: the sender's transfer is told to start.
 struct Start {
     sender: oneshot::Sender<Vec<WaitingReceiver>>,
     receivers: Vec<WaitingReceiver>,
@@ -294,14 +298,14 @@ struct Start {
 
 impl Start {
     fn go(self) {
-        // If the sender's task is gone, dropping the receivers' delivery
-        // channels tells them so, and the task's guard frees the path.
+        // If the sender's transfer is gone, dropping the receivers' delivery
+        // channels tells them so, and the transfer's guard frees the path.
         let _ = self.sender.send(self.receivers);
     }
 }
 
 /// If `path` has its sender and all its receivers, marks it busy and
-/// returns what the sender's task needs to start.
+/// returns what the sender's transfer needs to start.
 fn take_if_ready(paths: &mut HashMap<Box<str>, Slot>, path: &str) -> Option<Start> {
     let slot = paths.get_mut(path)?;
     let Slot::Waiting(w) = slot else { return None };
@@ -381,9 +385,14 @@ impl Drop for PeerGuard {
     }
 }
 
-/// The sender's live log. Dropping it while the sender still waits (its
-/// client left) unregisters the sender.
+/// The sender's live log, and the transfer itself: polling the log drives
+/// the rendezvous and the copy to the receivers, so the transfer runs on
+/// the sender's own connection with no task of its own (one hand-over
+/// between threads less per chunk). The log ends when the transfer is
+/// over. Dropping it ends the transfer: a waiting sender is unregistered,
+/// a running transfer aborts every receiver.
 pub struct SenderLog {
+    transfer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     log: mpsc::UnboundedReceiver<Log>,
     _guard: PeerGuard,
 }
@@ -391,7 +400,17 @@ pub struct SenderLog {
 impl Stream for SenderLog {
     type Item = Log;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Log>> {
-        self.log.poll_recv(cx)
+        if let Some(transfer) = self.transfer.as_mut() {
+            if transfer.as_mut().poll(cx).is_ready() {
+                self.transfer = None;
+            }
+        }
+        match self.log.poll_recv(cx) {
+            // Lines first; the end only once the transfer is over too.
+            Poll::Ready(Some(line)) => Poll::Ready(Some(line)),
+            Poll::Ready(None) if self.transfer.is_none() => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
     }
 }
 

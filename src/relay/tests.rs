@@ -47,7 +47,7 @@ async fn settle(relay: &Relay, pred: impl Fn(&Stats) -> bool) {
 async fn sender_first_then_receiver() {
     let relay = Relay::default();
     let (tx, b) = body();
-    let log = relay.send("/p", 1, head(), b).expect("sender");
+    let log = tokio::spawn(lines(relay.send("/p", 1, head(), b).expect("sender")));
     let ticket = relay.receive("/p", 1).expect("receiver");
     let delivery = ticket.ready().await.expect("start");
     assert_eq!(delivery.head, head());
@@ -57,7 +57,7 @@ async fn sender_first_then_receiver() {
     drop(tx);
     assert_eq!(collect(delivery.body).await, Ok(b"hello".to_vec()));
     assert_eq!(
-        lines(log).await,
+        log.await.expect("log"),
         [
             Log::Waiting(1),
             Log::ReceiverConnected,
@@ -90,7 +90,9 @@ async fn receivers_first_with_fan_out() {
             got: 1
         })
     );
-    let log = relay.send("/p", 2, head(), body_stream).expect("sender");
+    let log = tokio::spawn(lines(
+        relay.send("/p", 2, head(), body_stream).expect("sender"),
+    ));
     assert_eq!(
         relay.send("/p", 2, head(), body().1).err(),
         Some(Reject::Established("/p".into()))
@@ -105,7 +107,7 @@ async fn receivers_first_with_fan_out() {
     feed.await.expect("feed");
     assert_eq!(ra.expect("a").len(), 100_000);
     assert_eq!(rb.expect("b").len(), 100_000);
-    let log = lines(log).await;
+    let log = log.await.expect("log");
     assert_eq!(
         log[..3],
         [Log::Waiting(2), Log::ReceiversPresent(2), Log::Start(2)]
@@ -134,7 +136,7 @@ async fn waiting_peers_that_leave_are_forgotten() {
 async fn a_sender_whose_body_fails_while_waiting_is_forgotten() {
     let relay = Relay::default();
     let (tx, b) = body();
-    let _log = relay.send("/s", 1, head(), b).expect("sender");
+    let _log = tokio::spawn(lines(relay.send("/s", 1, head(), b).expect("sender")));
     tx.send(Err("gone".into())).await.expect("feed");
     settle(&relay, |s| *s == Stats::default()).await;
 }
@@ -143,7 +145,7 @@ async fn a_sender_whose_body_fails_while_waiting_is_forgotten() {
 async fn a_cut_sender_aborts_every_receiver() {
     let relay = Relay::default();
     let (tx, b) = body();
-    let log = relay.send("/p", 2, head(), b).expect("sender");
+    let log = tokio::spawn(lines(relay.send("/p", 2, head(), b).expect("sender")));
     let a = relay.receive("/p", 2).expect("a");
     let b = relay.receive("/p", 2).expect("b");
     let (a, b) = (a.ready().await.expect("a"), b.ready().await.expect("b"));
@@ -153,7 +155,7 @@ async fn a_cut_sender_aborts_every_receiver() {
     tx.send(Err("cut".into())).await.expect("feed");
     assert_eq!(collect(a.body).await, Err(Aborted));
     assert_eq!(collect(b.body).await, Err(Aborted));
-    assert_eq!(lines(log).await.last(), Some(&Log::SendFailed));
+    assert_eq!(log.await.expect("log").last(), Some(&Log::SendFailed));
     settle(&relay, |s| *s == Stats::default()).await;
 }
 
@@ -164,7 +166,7 @@ async fn a_slow_receiver_holds_the_sender_back_with_bounded_memory() {
         read_ahead: 0,
     });
     let (tx, b) = body();
-    let _log = relay.send("/p", 1, head(), b).expect("sender");
+    let _log = tokio::spawn(lines(relay.send("/p", 1, head(), b).expect("sender")));
     let r = relay.receive("/p", 1).expect("r");
     let delivery = r.ready().await.expect("start");
     // Nobody reads: the sender gets a bounded number of chunks in (the
@@ -192,7 +194,7 @@ async fn a_slow_receiver_holds_the_sender_back_with_bounded_memory() {
 async fn one_receiver_leaving_does_not_disturb_the_other() {
     let relay = Relay::default();
     let (tx, b) = body();
-    let log = relay.send("/p", 2, head(), b).expect("sender");
+    let log = tokio::spawn(lines(relay.send("/p", 2, head(), b).expect("sender")));
     let a = relay.receive("/p", 2).expect("a").ready();
     let b = relay.receive("/p", 2).expect("b").ready();
     let (a, b) = tokio::join!(a, b);
@@ -207,7 +209,7 @@ async fn one_receiver_leaving_does_not_disturb_the_other() {
     });
     assert_eq!(collect(b.body).await.expect("b").len(), 5000);
     feed.await.expect("feed");
-    let log = lines(log).await;
+    let log = log.await.expect("log");
     assert!(log.contains(&Log::ReceiverAborted), "{log:?}");
     assert!(!log.contains(&Log::AllAborted), "{log:?}");
 }
@@ -220,7 +222,7 @@ async fn a_known_length_receiver_that_stops_polling_counts_as_complete() {
         content_length: Some(3),
         ..Head::default()
     };
-    let log = relay.send("/p", 1, head, b).expect("sender");
+    let log = tokio::spawn(lines(relay.send("/p", 1, head, b).expect("sender")));
     let delivery = relay
         .receive("/p", 1)
         .expect("r")
@@ -234,6 +236,6 @@ async fn a_known_length_receiver_that_stops_polling_counts_as_complete() {
     // A transport that knows the length is done drops the stream here.
     drop(stream);
     drop(tx);
-    let log = lines(log).await;
+    let log = log.await.expect("log");
     assert_eq!(log.last(), Some(&Log::AllReceived), "{log:?}");
 }
