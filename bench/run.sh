@@ -19,6 +19,8 @@ BENCH_PAIRS=${BENCH_PAIRS:-1000}
 BENCH_SOCAT_BUF=${BENCH_SOCAT_BUF:-65536} # socat -b (curl's upload buffer is 64 KiB too)
 BENCH_MAX_TIME=${BENCH_MAX_TIME:-120} # bound on any one transfer, seconds
 BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+# Extra flags for `tubes serve`, e.g. BENCH_TUBES_ARGS="--threads 1".
+read -r -a TUBES_ARGS <<< "${BENCH_TUBES_ARGS:-}"
 
 log() { printf '== %s\n' "$*" >&2; }
 # A measurement that breaks is logged and left out of the table; the run goes on.
@@ -104,7 +106,7 @@ start_server() {
     local kind=$1
     PORT=$("${PY[@]}" freeport)
     case $kind in
-        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
+        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" "${TUBES_ARGS[@]}" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
         npm) "$NPM_SERVER" --host 127.0.0.1 --http-port "$PORT" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
     esac
     PID=$!

@@ -35,10 +35,13 @@ struct ServeArgs {
     /// Port of the plain HTTP listener (HTTP/1.0, 1.1 and cleartext HTTP/2)
     #[arg(long, env = "TUBES_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
+    /// Worker threads [default: one per CPU core]. One thread relays a
+    /// stream with the least CPU; more serve more streams at once.
+    #[arg(long, env = "TUBES_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -47,8 +50,25 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => runtime(args.threads)?.block_on(serve(args)),
     }
+}
+
+/// The tokio runtime: a single thread, or a pool of workers.
+fn runtime(threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(n));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

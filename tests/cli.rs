@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -11,14 +11,16 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// A `tubes serve` child process, killed if the test fails.
 struct Serve {
-    child: Child,
+    child: Option<Child>,
     url: String,
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -49,7 +51,7 @@ fn serve() -> Serve {
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Serve {
-        child,
+        child: Some(child),
         url: format!("http://{address}"),
     }
 }
@@ -126,18 +128,23 @@ fn large_file_through_curl_and_clean_stop() {
 
     // SIGTERM: the server stops on its own, with success.
     let mut server = server;
+    let mut child = server.child.take().expect("running");
+    let pid = child.id();
     let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(started.elapsed() < LIMIT, "tubes did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx.recv_timeout(LIMIT);
+    if status.is_err() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
+    let status = status.expect("tubes stops on SIGTERM").expect("wait");
+    assert!(status.success(), "{status:?}");
 }
