@@ -24,12 +24,18 @@ use crate::transport::http::Handler;
 pub struct ServeConfig {
     /// How long a client may take to send a request head.
     pub header_read_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+    /// An `Alt-Svc` value for every response (to advertise HTTP/3).
+    pub alt_svc: Option<String>,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            alt_svc: None,
         }
     }
 }
@@ -81,6 +87,7 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    tls_handshake_timeout: Duration,
 }
 
 impl Builders {
@@ -103,11 +110,12 @@ impl Builders {
             http1,
             http2,
             header_read_timeout: config.header_read_timeout,
+            tls_handshake_timeout: config.tls_handshake_timeout,
         }
     }
 
-    /// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface,
-    /// HTTP/1 otherwise.
+    /// Serves one cleartext connection: HTTP/2 if it opens with the
+    /// HTTP/2 preface, HTTP/1 otherwise.
     async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler) {
         let h2 = match tokio::time::timeout(self.header_read_timeout, starts_h2(&stream)).await {
             Ok(Ok(h2)) => h2,
@@ -120,8 +128,40 @@ impl Builders {
                 return;
             }
         };
+        self.serve_io(TokioIo::new(stream), h2, handler).await;
+    }
+
+    /// Serves one TLS connection: the handshake (bounded in time, in the
+    /// connection's own task so it never holds up the accept loop), then
+    /// HTTP/2 or HTTP/1.1 as ALPN chose.
+    async fn serve_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        handler: Handler,
+    ) {
+        let stream =
+            match tokio::time::timeout(self.tls_handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(crate::transport::tls::ALPN_H2);
+        // The TLS connection is boxed for the same reason as HTTP/2 is.
+        Box::pin(self.serve_io(TokioIo::new(stream), h2, handler)).await;
+    }
+
+    async fn serve_io<I>(&self, io: TokioIo<I>, h2: bool, handler: Handler)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let service = service_fn(move |req| handler.handle(req));
-        let io = TokioIo::new(stream);
         // The HTTP/2 connection is boxed: kept inline, its larger state
         // would size every connection's task, and most connections, the
         // waiting ones above all, are HTTP/1.
@@ -159,18 +199,44 @@ async fn starts_h2(stream: &TcpStream) -> io::Result<bool> {
     }
 }
 
-/// Serves HTTP on `listener` with `relay` until `shutdown` completes, then
-/// closes every connection it opened.
+/// Serves plain HTTP on `listener` with `relay` until `shutdown`
+/// completes, then closes every connection it opened.
 pub async fn serve(
     listener: TcpListener,
     relay: Relay,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let handler = Handler::new(relay, false);
+    accept_loop(listener, relay, &config, None, shutdown).await
+}
+
+/// Serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on `listener` with the
+/// given TLS configuration, until `shutdown` completes.
+pub async fn serve_tls(
+    listener: TcpListener,
+    relay: Relay,
+    config: ServeConfig,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(listener, relay, &config, Some(acceptor), shutdown).await
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    relay: Relay,
+    config: &ServeConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut handler = Handler::new(relay, tls.is_some());
+    if let Some(alt_svc) = &config.alt_svc {
+        handler = handler.with_alt_svc(alt_svc);
+    }
     // Shared, not cloned per connection: each waiting connection's task
     // stays small.
-    let builders = Arc::new(Builders::new(&config));
+    let builders = Arc::new(Builders::new(config));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -193,7 +259,14 @@ pub async fn serve(
         let handler = handler.clone();
         let builders = Arc::clone(&builders);
         let span = tracing::debug_span!("conn", %peer);
-        connections.spawn(async move { builders.serve(stream, handler).await }.instrument(span));
+        match &tls {
+            None => connections.spawn(builders.serve(stream, handler).instrument(span)),
+            Some(acceptor) => connections.spawn(
+                builders
+                    .serve_tls(stream, acceptor.clone(), handler)
+                    .instrument(span),
+            ),
+        };
     }
     tracing::info!(open = connections.len(), "shutting down");
     connections.shutdown().await;

@@ -31,6 +31,9 @@ pub struct Handler {
     relay: Relay,
     /// Whether this listener is TLS (for the URLs shown in `/help`).
     tls: bool,
+    /// `Alt-Svc` for every response, advertising HTTP/3 (behind an `Arc`
+    /// so that each waiting request's future stays small).
+    alt_svc: Option<std::sync::Arc<HeaderValue>>,
 }
 
 /// A request turned away: status and the one-line message.
@@ -61,7 +64,18 @@ impl Refusal {
 
 impl Handler {
     pub fn new(relay: Relay, tls: bool) -> Self {
-        Handler { relay, tls }
+        Handler {
+            relay,
+            tls,
+            alt_svc: None,
+        }
+    }
+
+    /// Adds `Alt-Svc: <value>` to every response (an invalid value is
+    /// ignored).
+    pub fn with_alt_svc(mut self, value: &str) -> Self {
+        self.alt_svc = HeaderValue::from_str(value).ok().map(std::sync::Arc::new);
+        self
     }
 
     pub fn relay(&self) -> &Relay {
@@ -81,9 +95,15 @@ impl Handler {
     {
         let version = req.version();
         let head_only = req.method() == Method::HEAD;
+        let alt_svc = self.alt_svc.clone();
         let finish = move |result: Result<Response<Body>, Refusal>| {
             let mut response = result.unwrap_or_else(|refusal| error_response(&refusal));
             *response.version_mut() = version;
+            if let Some(alt_svc) = alt_svc {
+                response
+                    .headers_mut()
+                    .insert(http::header::ALT_SVC, alt_svc);
+            }
             if head_only {
                 // Same status and headers as GET, no body.
                 *response.body_mut() = Body::empty();

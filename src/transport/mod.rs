@@ -2,7 +2,9 @@
 //!
 //! - [`http`]: HTTP/1.0, HTTP/1.1 and cleartext HTTP/2 on one port (hyper).
 //! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
+//! - [`tls`]: certificates for HTTPS and QUIC, reloaded when they change.
 
 pub mod body;
 pub mod http;
 pub mod pages;
+pub mod tls;
