@@ -102,7 +102,7 @@ impl Handler {
             if let Some(alt_svc) = alt_svc {
                 response
                     .headers_mut()
-                    .insert(http::header::ALT_SVC, alt_svc);
+                    .insert(http::header::ALT_SVC, HeaderValue::clone(&alt_svc));
             }
             if head_only {
                 // Same status and headers as GET, no body.
