@@ -1,11 +1,14 @@
 //! The `tubes` command: parses the command line and calls the library.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tubes::relay::{Relay, RelayConfig};
 use tubes::server::{self, ServeConfig};
+use tubes::transport::tls::{self, Certs};
 
 /// jemalloc: about half the memory per waiting connection of glibc's
 /// malloc (page-aligned buffers leave untouched pages out of RSS), and it
@@ -35,13 +38,40 @@ struct ServeArgs {
     /// Port of the plain HTTP listener (HTTP/1.0, 1.1 and cleartext HTTP/2)
     #[arg(long, env = "TUBES_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
+    /// Also serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on --https-port
+    #[arg(long, env = "TUBES_ENABLE_HTTPS")]
+    enable_https: bool,
+    /// Port of the HTTPS listener
+    #[arg(long, env = "TUBES_HTTPS_PORT", default_value_t = 8443)]
+    https_port: u16,
+    /// Certificate chain (PEM); reloaded when the file changes
+    #[arg(long, env = "TUBES_CRT_PATH", requires = "key_path")]
+    crt_path: Option<PathBuf>,
+    /// Private key (PEM); reloaded when the file changes
+    #[arg(long, env = "TUBES_KEY_PATH", requires = "crt_path")]
+    key_path: Option<PathBuf>,
+    /// Make a certificate for localhost at start-up instead (prints its
+    /// SHA-256 fingerprint); implies --enable-https
+    #[arg(long, env = "TUBES_SELF_SIGNED", conflicts_with_all = ["crt_path", "key_path"])]
+    self_signed: bool,
     /// Worker threads [default: one per CPU core]. One thread relays a
     /// stream with the least CPU; more serve more streams at once.
     #[arg(long, env = "TUBES_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, the causes joined: no backtrace for a user's mistake.
+            eprintln!("tubes: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -72,6 +102,40 @@ fn runtime(threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tls = tls_source(&args)?;
+    let relay = Relay::new(RelayConfig::default());
+    let config = ServeConfig::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let mut watcher = None;
+
+    if let Some(source) = tls {
+        let certs = Certs::load(source)?;
+        let listener = server::bind(args.host, args.https_port)
+            .with_context(|| format!("cannot listen on HTTPS port {}", args.https_port))?;
+        let address = listener.local_addr()?;
+        tracing::info!(
+            %address,
+            fingerprint = %certs.fingerprint(),
+            "Tubes is serving HTTPS"
+        );
+        let tls_config = Arc::new(certs.server_config(&[tls::ALPN_H2, tls::ALPN_HTTP11]));
+        servers.spawn(server::serve_tls(
+            listener,
+            relay.clone(),
+            config.clone(),
+            tls_config,
+            until_stopped(),
+        ));
+        watcher = Some(tokio::spawn(certs.watch()));
+    }
+
     let listener = server::bind(args.host, args.http_port)
         .with_context(|| format!("cannot listen on port {}", args.http_port))?;
     tracing::info!(
@@ -79,9 +143,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "Tubes is serving HTTP"
     );
-    let relay = Relay::new(RelayConfig::default());
-    server::serve(listener, relay, ServeConfig::default(), shutdown_signal()).await?;
+    servers.spawn(server::serve(listener, relay, config, until_stopped()));
+
+    tokio::select! {
+        () = shutdown_signal() => {}
+        Some(ended) = servers.join_next() => {
+            // A listener stopped on its own: that is an error.
+            ended??;
+        }
+    }
+    let _ = stop.send(true);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    while let Some(ended) = servers.join_next().await {
+        ended??;
+    }
     Ok(())
+}
+
+/// Where the HTTPS certificate comes from, if HTTPS is on.
+fn tls_source(args: &ServeArgs) -> anyhow::Result<Option<tls::Source>> {
+    match (&args.crt_path, &args.key_path, args.self_signed) {
+        (_, _, true) => Ok(Some(tls::Source::SelfSigned)),
+        (Some(cert), Some(key), false) => Ok(args.enable_https.then(|| tls::Source::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        _ if args.enable_https => anyhow::bail!(
+            "--enable-https needs --crt-path and --key-path (or --self-signed)"
+        ),
+        _ => Ok(None),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -28,11 +28,11 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// A certificate or key that cannot be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} file {path}: {source}")]
+    #[error("cannot read {what} file {path}: {error}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("no PEM certificate in {0}")]
     NoCertificate(PathBuf),
@@ -174,10 +174,10 @@ fn stamps(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -231,10 +231,10 @@ pub fn write_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
         .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     let write = |what, path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|source| TlsError::Read {
+        std::fs::write(path, text).map_err(|error| TlsError::Read {
             what,
             path: path.to_path_buf(),
-            source,
+            error,
         })
     };
     write("certificate", cert, made.cert.pem())?;
