@@ -170,9 +170,9 @@ fn tls_source(args: &ServeArgs) -> anyhow::Result<Option<tls::Source>> {
             cert: cert.clone(),
             key: key.clone(),
         })),
-        _ if args.enable_https => anyhow::bail!(
-            "--enable-https needs --crt-path and --key-path (or --self-signed)"
-        ),
+        _ if args.enable_https => {
+            anyhow::bail!("--enable-https needs --crt-path and --key-path (or --self-signed)")
+        }
         _ => Ok(None),
     }
 }

@@ -26,7 +26,7 @@ async fn sender_first(proto: Proto, method: &str) {
     let server = Server::start().await;
     let path = path("first");
     for round in 0..2 {
-        let mut sender = Conn::open(server.addr, proto).await;
+        let mut sender = Conn::open(&server, proto).await;
         let req = sender
             .request(method, &path)
             .header("content-type", "text/plain")
@@ -52,13 +52,13 @@ async fn sender_first(proto: Proto, method: &str) {
             assert_eq!(header(&response, "content-type"), Some("text/plain"));
             early = Some(response);
         }
-        let (_c, second) = request(server.addr, proto, method, &path, &[], full("x")).await;
+        let (_c, second) = request(&server, proto, method, &path, &[], full("x")).await;
         assert!(
             second.status().is_client_error(),
             "second sender: {second:?}"
         );
 
-        let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
+        let (_r, received) = request(&server, proto, "GET", &path, &[], empty()).await;
         assert_eq!(received.status(), 200);
         assert_eq!(header(&received, "content-type"), Some("text/plain"));
         assert_eq!(header(&received, "x-robots-tag"), Some("none"));
@@ -101,7 +101,7 @@ async fn get_first(proto: Proto) {
     let server = Server::start().await;
     let path = path("get-first");
     for _ in 0..2 {
-        let mut receiver = Conn::open(server.addr, proto).await;
+        let mut receiver = Conn::open(&server, proto).await;
         let req = receiver.request("GET", &path).body(empty()).expect("req");
         let mut received = Box::pin(receiver.send(req));
         server
@@ -112,7 +112,7 @@ async fn get_first(proto: Proto) {
             "a waiting receiver must not have a response"
         );
         let (_s, sender) = request(
-            server.addr,
+            &server,
             proto,
             "POST",
             &path,
@@ -146,7 +146,7 @@ async fn get_first(proto: Proto) {
 async fn post_cancel_post(proto: Proto) {
     let server = Server::start().await;
     let path = path("cancel");
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let req = sender
         .request("POST", &path)
         .header("content-length", "10")
@@ -165,7 +165,7 @@ async fn post_cancel_post(proto: Proto) {
     }
     drop(sender);
     server.wait_empty().await;
-    let mut again = Conn::open(server.addr, proto).await;
+    let mut again = Conn::open(&server, proto).await;
     let req = again
         .request("POST", &path)
         .body(full("again"))
@@ -174,7 +174,7 @@ async fn post_cancel_post(proto: Proto) {
     server
         .wait_for("new sender waiting", |s| s.waiting_senders == 1)
         .await;
-    let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
+    let (_r, received) = request(&server, proto, "GET", &path, &[], empty()).await;
     assert_eq!(read_body(received).await.expect("body"), "again");
     let again_response = tokio::time::timeout(LIMIT, again_response)
         .await
@@ -188,7 +188,7 @@ async fn post_cancel_post(proto: Proto) {
 async fn get_cancel_get(proto: Proto) {
     let server = Server::start().await;
     let path = path("cancel");
-    let mut receiver = Conn::open(server.addr, proto).await;
+    let mut receiver = Conn::open(&server, proto).await;
     let req = receiver.request("GET", &path).body(empty()).expect("req");
     let mut pending = Box::pin(receiver.send(req));
     server
@@ -199,13 +199,13 @@ async fn get_cancel_get(proto: Proto) {
     drop(receiver);
     server.wait_empty().await;
 
-    let mut receiver = Conn::open(server.addr, proto).await;
+    let mut receiver = Conn::open(&server, proto).await;
     let req = receiver.request("GET", &path).body(empty()).expect("req");
     let received = receiver.send(req);
     server
         .wait_for("receiver waiting", |s| s.waiting_receivers == 1)
         .await;
-    let (_s, sender) = request(server.addr, proto, "POST", &path, &[], full("hello")).await;
+    let (_s, sender) = request(&server, proto, "POST", &path, &[], full("hello")).await;
     assert_eq!(sender.status(), 200);
     let received = tokio::time::timeout(LIMIT, received)
         .await
@@ -219,7 +219,7 @@ async fn service_worker_registration_rejection(proto: Proto) {
     let server = Server::start().await;
     let started = std::time::Instant::now();
     let (_c, response) = request(
-        server.addr,
+        &server,
         proto,
         "GET",
         "/sw.js",
@@ -241,7 +241,7 @@ async fn post_first_byte_by_byte_streaming(proto: Proto) {
     let server = Server::start().await;
     let path = path("bytes");
     let (tx, body) = streaming();
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let mut req = sender.request("POST", &path);
     if proto == Proto::Http10 {
         req = req.header("content-length", "256");
@@ -250,7 +250,7 @@ async fn post_first_byte_by_byte_streaming(proto: Proto) {
     server
         .wait_for("sender waiting", |s| s.waiting_senders == 1)
         .await;
-    let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
+    let (_r, received) = request(&server, proto, "GET", &path, &[], empty()).await;
     let mut body = received.into_body();
     for i in 0..=255u8 {
         tx.send(Ok(Bytes::from(vec![i]))).await.expect("send byte");
@@ -296,7 +296,7 @@ async fn multipart_form_data(proto: Proto) {
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let content_type = format!("multipart/form-data; boundary={boundary}");
     let length = body.len().to_string();
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let req = sender
         .request("POST", &path)
         .header("content-type", &content_type)
@@ -307,7 +307,7 @@ async fn multipart_form_data(proto: Proto) {
     server
         .wait_for("sender waiting", |s| s.waiting_senders == 1)
         .await;
-    let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
+    let (_r, received) = request(&server, proto, "GET", &path, &[], empty()).await;
     assert_eq!(received.status(), 200);
     assert_eq!(
         header(&received, "content-type"),
@@ -338,11 +338,11 @@ async fn simultaneous_request(proto: Proto) {
         let message = format!("message {i}");
         // Over HTTP/2 both share one connection, as two streams; HTTP/1
         // needs a connection each.
-        let mut a = Conn::open(server.addr, proto).await;
+        let mut a = Conn::open(&server, proto).await;
         let mut b = if proto == Proto::H2c {
             None
         } else {
-            Some(Conn::open(server.addr, proto).await)
+            Some(Conn::open(&server, proto).await)
         };
         let get = a.send(a.request("GET", &path).body(empty()).expect("req"));
         let post_req = a
@@ -374,7 +374,7 @@ async fn long_transfer(proto: Proto) {
     let chunks = 200usize;
     let chunk = 16 * 1024;
     let (tx, body) = streaming();
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let mut req = sender.request("POST", &path);
     if proto == Proto::Http10 {
         req = req.header("content-length", (chunks * chunk).to_string());
@@ -391,7 +391,7 @@ async fn long_transfer(proto: Proto) {
         }
         true
     });
-    let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
+    let (_r, received) = request(&server, proto, "GET", &path, &[], empty()).await;
     let mut body = received.into_body();
     let mut expected = Pattern::new(42);
     let mut total = 0usize;

@@ -30,7 +30,7 @@ async fn waiting_sender_leaves(proto: Proto) {
     let path = path("sender-leaves");
     // A streaming sender that has sent a little and not ended.
     let (tx, body) = streaming();
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let mut req = sender.request("POST", &path);
     if proto == Proto::Http10 {
         req = req.header("content-length", "1000");
@@ -46,13 +46,13 @@ async fn waiting_sender_leaves(proto: Proto) {
     drop(sender);
     server.wait_empty().await;
     // The path is free at once: a new pair transfers on it.
-    let mut again = Conn::open(server.addr, proto).await;
+    let mut again = Conn::open(&server, proto).await;
     let req = again
         .request("POST", &path)
         .body(full("fresh"))
         .expect("req");
     let _again = tokio::spawn(again.send(req));
-    let (_r, received) = request(server.addr, proto, "GET", &path, &[], empty()).await;
+    let (_r, received) = request(&server, proto, "GET", &path, &[], empty()).await;
     assert_eq!(read_body(received).await.expect("body"), "fresh");
     server.stop().await;
 }
@@ -61,7 +61,7 @@ async fn waiting_receiver_leaves(proto: Proto) {
     let server = Server::start().await;
     let path = path("receiver-leaves");
     for _ in 0..2 {
-        let mut receiver = Conn::open(server.addr, proto).await;
+        let mut receiver = Conn::open(&server, proto).await;
         let req = receiver.request("GET", &path).body(empty()).expect("req");
         let pending = receiver.send(req);
         server
@@ -74,9 +74,9 @@ async fn waiting_receiver_leaves(proto: Proto) {
     // With n=2, one of two waiting receivers leaves; a new one takes its
     // place and both get the stream.
     let n2 = format!("{path}?n=2");
-    let mut first = Conn::open(server.addr, proto).await;
+    let mut first = Conn::open(&server, proto).await;
     let first_rx = first.send(first.request("GET", &n2).body(empty()).expect("req"));
-    let mut leaver = Conn::open(server.addr, proto).await;
+    let mut leaver = Conn::open(&server, proto).await;
     let leaver_rx = leaver.send(leaver.request("GET", &n2).body(empty()).expect("req"));
     server
         .wait_for("two waiting", |s| s.waiting_receivers == 2)
@@ -86,12 +86,12 @@ async fn waiting_receiver_leaves(proto: Proto) {
     server
         .wait_for("one left", |s| s.waiting_receivers == 1)
         .await;
-    let mut second = Conn::open(server.addr, proto).await;
+    let mut second = Conn::open(&server, proto).await;
     let second_rx = second.send(second.request("GET", &n2).body(empty()).expect("req"));
     server
         .wait_for("two waiting again", |s| s.waiting_receivers == 2)
         .await;
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let _sent =
         tokio::spawn(sender.send(sender.request("POST", &n2).body(full("both")).expect("req")));
     for rx in [first_rx, second_rx] {
@@ -118,7 +118,7 @@ async fn sender_cut(proto: Proto, declared_length: bool) {
         .wait_for("curl waiting", |s| s.waiting_receivers == 1)
         .await;
     let _receiver_conn = {
-        let mut conn = Conn::open(server.addr, proto).await;
+        let mut conn = Conn::open(&server, proto).await;
         let pending = conn.send(
             conn.request("GET", &format!("{path}?n=2"))
                 .body(empty())
@@ -128,7 +128,7 @@ async fn sender_cut(proto: Proto, declared_length: bool) {
             .wait_for("both waiting", |s| s.waiting_receivers == 2)
             .await;
         let (tx, body) = streaming();
-        let mut sender = Conn::open(server.addr, proto).await;
+        let mut sender = Conn::open(&server, proto).await;
         let mut req = sender.request("POST", &format!("{path}?n=2"));
         if declared_length {
             req = req.header("content-length", "1000000");
@@ -202,7 +202,7 @@ async fn one_receiver_leaves(proto: Proto, n: usize) {
     let mut conns = Vec::new();
     let mut pending = Vec::new();
     for _ in 0..n {
-        let mut conn = Conn::open(server.addr, proto).await;
+        let mut conn = Conn::open(&server, proto).await;
         pending.push(conn.send(conn.request("GET", &path).body(empty()).expect("req")));
         conns.push(conn);
     }
@@ -210,7 +210,7 @@ async fn one_receiver_leaves(proto: Proto, n: usize) {
         .wait_for("receivers waiting", |s| s.waiting_receivers == n)
         .await;
     let (tx, body) = streaming();
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let sent = tokio::spawn(sender.send(sender.request("POST", &path).body(body).expect("req")));
     let writer = tokio::spawn(async move {
         for piece in data.chunks(64 * 1024) {
@@ -483,7 +483,7 @@ async fn multipart_without_boundary_is_refused_at_once() {
         // The body never ends: a 400 must come without reading it.
         let (tx, body) = streaming();
         let (_c, response) = request(
-            server.addr,
+            &server,
             proto,
             "POST",
             "/no-boundary",

@@ -22,7 +22,7 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, String) {
-    let (_c, response) = request(server.addr, proto, method, path, headers, empty()).await;
+    let (_c, response) = request(&server, proto, method, path, headers, empty()).await;
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -78,8 +78,14 @@ async fn reserved_pages(proto: Proto) {
     assert_eq!(status, 200);
     assert_eq!(find(&headers, "content-type"), Some("text/plain"));
     assert_eq!(find(&headers, "access-control-allow-origin"), Some("*"));
+    // Over TLS the help shows https URLs.
+    let scheme = if matches!(proto, Proto::Https11 | Proto::H2) {
+        "https"
+    } else {
+        "http"
+    };
     assert!(
-        body.contains("curl -T myfile http://localhost/mypath"),
+        body.contains(&format!("curl -T myfile {scheme}://localhost/mypath")),
         "{body}"
     );
     let (_, _, body) = get(
@@ -134,7 +140,7 @@ async fn expect_error(
     } else {
         empty()
     };
-    let (_c, response) = request(server.addr, proto, method, path, headers, body).await;
+    let (_c, response) = request(&server, proto, method, path, headers, body).await;
     assert_eq!(response.status().as_u16(), status, "{method} {path}");
     assert_eq!(header(&response, "content-type"), Some("text/plain"));
     assert_eq!(header(&response, "access-control-allow-origin"), Some("*"));
@@ -207,7 +213,7 @@ async fn rejections(proto: Proto) {
     let (status, headers, body) = get(&server, proto, "HEAD", "/x", &[]).await;
     assert_eq!((status, body.as_str()), (405, ""));
     assert_eq!(find(&headers, "content-length"), Some("34"));
-    let (_c, response) = request(server.addr, proto, "PATCH", "/x", &[], empty()).await;
+    let (_c, response) = request(&server, proto, "PATCH", "/x", &[], empty()).await;
     assert_eq!(
         header(&response, "allow"),
         Some("GET, HEAD, POST, PUT, OPTIONS")
@@ -215,7 +221,7 @@ async fn rejections(proto: Proto) {
 
     // Rules that depend on what waits on the path.
     let path = path("busy");
-    let mut waiting = Conn::open(server.addr, proto).await;
+    let mut waiting = Conn::open(&server, proto).await;
     let _pending = waiting.send(
         waiting
             .request("GET", &format!("{path}?n=2"))
@@ -245,7 +251,7 @@ async fn rejections(proto: Proto) {
         "[ERROR] The number of receivers should be 2 but 1.\n",
     )
     .await;
-    let mut second = Conn::open(server.addr, proto).await;
+    let mut second = Conn::open(&server, proto).await;
     let _second = second.send(
         second
             .request("GET", &format!("{path}?n=2"))
@@ -267,7 +273,7 @@ async fn rejections(proto: Proto) {
     .await;
 
     let (tx, body) = streaming();
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let mut req = sender.request("POST", &format!("{path}?n=2"));
     if proto == Proto::Http10 {
         req = req.header("content-length", "100");
@@ -297,7 +303,7 @@ async fn rejections(proto: Proto) {
     drop(tx);
 
     let other = self::path("another");
-    let mut first = Conn::open(server.addr, proto).await;
+    let mut first = Conn::open(&server, proto).await;
     let (_tx2, body) = streaming();
     let mut req = first.request("POST", &other);
     if proto == Proto::Http10 {
@@ -372,7 +378,7 @@ async fn transfer(
     body: &'static str,
 ) -> (Vec<(String, String)>, String) {
     let path = path("headers");
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let mut req = sender.request("POST", &path);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -452,7 +458,7 @@ async fn forwarded_headers(proto: Proto) {
 async fn sender_log_with_two_receivers(proto: Proto) {
     let server = Server::start().await;
     let path = format!("{}?n=2", path("log"));
-    let mut sender = Conn::open(server.addr, proto).await;
+    let mut sender = Conn::open(&server, proto).await;
     let sent = tokio::spawn(
         sender.send(
             sender
@@ -467,7 +473,7 @@ async fn sender_log_with_two_receivers(proto: Proto) {
     let mut receivers = Vec::new();
     let mut conns = Vec::new();
     for k in 1..=2 {
-        let mut conn = Conn::open(server.addr, proto).await;
+        let mut conn = Conn::open(&server, proto).await;
         receivers.push(tokio::spawn(
             conn.send(conn.request("GET", &path).body(empty()).expect("req")),
         ));

@@ -12,20 +12,68 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tubes::relay::{Relay, RelayConfig, Stats};
 use tubes::server::{self, ServeConfig};
+use tubes::transport::tls::{Certs, Source, ALPN_H2, ALPN_HTTP11};
 
 /// Bound for anything a test waits on.
 pub const LIMIT: Duration = Duration::from_secs(20);
 
 pub struct Server {
+    /// The plain listener (HTTP/1.0, 1.1, h2c).
     pub addr: SocketAddr,
+    /// The TLS listener (HTTP/1.1 and h2 by ALPN), same relay.
+    pub tls_addr: SocketAddr,
     pub relay: Relay,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    pub certs: Arc<Certs>,
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where a client connects: the plain address, and the TLS one with the
+/// client settings that trust the test server's certificate.
+#[derive(Clone)]
+pub struct Target {
+    plain: SocketAddr,
+    tls: Option<(
+        SocketAddr,
+        Arc<rustls::ClientConfig>,
+        Arc<rustls::ClientConfig>,
+    )>,
+}
+
+impl From<SocketAddr> for Target {
+    fn from(plain: SocketAddr) -> Self {
+        Target { plain, tls: None }
+    }
+}
+
+impl From<&Server> for Target {
+    fn from(server: &Server) -> Self {
+        let client = |alpn: &[u8]| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in server.certs.chain() {
+                roots.add(cert).expect("trust the test certificate");
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(config)
+        };
+        Target {
+            plain: server.addr,
+            tls: Some((server.tls_addr, client(b"http/1.1"), client(b"h2"))),
+        }
+    }
 }
 
 /// Counts panics on the runtime's worker threads, where the server's
@@ -57,24 +105,45 @@ impl Server {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
+        let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let tls_addr = tls_listener.local_addr().expect("local address");
+        let certs = Certs::load(Source::SelfSigned).expect("self-signed certificate");
+        let tls_config = Arc::new(certs.server_config(&[ALPN_H2, ALPN_HTTP11]));
         let relay = Relay::new(RelayConfig::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(
+        let (stop, stopped) = watch::channel(false);
+        let until = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let plain = tokio::spawn(server::serve(
             listener,
             relay.clone(),
             ServeConfig::default(),
-            async move {
-                let _ = stopped.await;
-            },
+            until(stopped.clone()),
         ));
-        let task = tokio::spawn(async move {
-            let _ = task.await;
-        });
+        let tls = tokio::spawn(server::serve_tls(
+            tls_listener,
+            relay.clone(),
+            ServeConfig::default(),
+            tls_config,
+            until(stopped),
+        ));
+        let tasks = vec![
+            tokio::spawn(async move {
+                let _ = plain.await;
+            }),
+            tokio::spawn(async move {
+                let _ = tls.await;
+            }),
+        ];
         Server {
             addr,
+            tls_addr,
             relay,
+            certs,
             stop: Some(stop),
-            task: Some(task),
+            tasks,
         }
     }
 
@@ -96,9 +165,9 @@ impl Server {
     /// Stops the server and waits until it has closed everything.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = tokio::time::timeout(LIMIT, task).await;
         }
         assert_eq!(
@@ -114,6 +183,10 @@ pub enum Proto {
     Http10,
     Http11,
     H2c,
+    /// HTTP/1.1 over TLS.
+    Https11,
+    /// HTTP/2 over TLS.
+    H2,
 }
 
 pub type ReqBody = BoxBody<Bytes, std::io::Error>;
@@ -161,44 +234,68 @@ impl Drop for Conn {
     }
 }
 
+async fn handshake<I>(io: TokioIo<I>, h2: bool) -> (Sender, JoinHandle<()>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Sender::H2(sender), task)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Sender::H1(sender), task)
+    }
+}
+
 impl Conn {
-    pub async fn open(addr: SocketAddr, proto: Proto) -> Conn {
+    pub async fn open(target: impl Into<Target>, proto: Proto) -> Conn {
+        let target = target.into();
+        let tls = match proto {
+            Proto::Https11 | Proto::H2 => {
+                Some(target.tls.clone().expect("a TLS target: pass &server"))
+            }
+            _ => None,
+        };
+        let addr = tls.as_ref().map_or(target.plain, |(addr, _, _)| *addr);
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         let std_stream = stream.into_std().expect("std socket");
         let socket = std_stream.try_clone().expect("dup socket");
         let stream = TcpStream::from_std(std_stream).expect("tokio socket");
-        let io = TokioIo::new(stream);
-        match proto {
-            Proto::Http10 | Proto::Http11 => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (sender, task) = match tls {
+            None => handshake(TokioIo::new(stream), proto == Proto::H2c).await,
+            Some((_, h1, h2)) => {
+                let config = if proto == Proto::H2 { h2 } else { h1 };
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
                     .await
-                    .expect("h1 handshake");
-                let task = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Conn {
-                    proto,
-                    sender: Sender::H1(sender),
-                    task,
-                    socket,
-                }
+                    .expect("TLS handshake");
+                let negotiated = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                let want: &[u8] = if proto == Proto::H2 {
+                    b"h2"
+                } else {
+                    b"http/1.1"
+                };
+                assert_eq!(negotiated.as_deref(), Some(want), "ALPN");
+                handshake(TokioIo::new(stream), proto == Proto::H2).await
             }
-            Proto::H2c => {
-                let (sender, conn) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                        .await
-                        .expect("h2 handshake");
-                let task = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Conn {
-                    proto,
-                    sender: Sender::H2(sender),
-                    task,
-                    socket,
-                }
-            }
+        };
+        Conn {
+            proto,
+            sender,
+            task,
+            socket,
         }
     }
 
@@ -207,6 +304,8 @@ impl Conn {
         let builder = Request::builder().method(method);
         match self.proto {
             Proto::H2c => builder.uri(format!("http://localhost{path}")),
+            Proto::H2 => builder.uri(format!("https://localhost{path}")),
+            Proto::Https11 => builder.uri(path).header("host", "localhost"),
             Proto::Http10 => builder
                 .uri(path)
                 .version(Version::HTTP_10)
@@ -240,14 +339,14 @@ impl Conn {
 
 /// Opens a connection, sends one request, waits for the response head.
 pub async fn request(
-    addr: SocketAddr,
+    target: impl Into<Target>,
     proto: Proto,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: ReqBody,
 ) -> (Conn, Response<Incoming>) {
-    let mut conn = Conn::open(addr, proto).await;
+    let mut conn = Conn::open(target, proto).await;
     let mut builder = conn.request(method, path);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
@@ -320,7 +419,17 @@ macro_rules! per_protocol {
                 async fn http1_1() { super::$name(Proto::Http11).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn h2c() { super::$name(Proto::H2c).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn https1_1() { super::$name(Proto::Https11).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn h2() { super::$name(Proto::H2).await }
             }
         )*
     };
+}
+
+impl From<&&Server> for Target {
+    fn from(server: &&Server) -> Self {
+        Target::from(*server)
+    }
 }
