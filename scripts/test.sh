@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: curl (real client), socat (the raw
-# relay reference in the benchmark), Node.js and npm (the reference server).
+# relay reference in the benchmark), Node.js and npm (the reference server),
+# Chromium (the real browser of tests/browser.rs).
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v socat >/dev/null || need+=(socat)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -20,8 +22,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
 fi
 
-# The npm reference server for the differential test, pinned by the lock file.
-if [ ! -d tests/js/node_modules/piping-server ]; then
+# The npm reference server for the differential test and playwright-core for
+# the browser test, pinned by the lock file.
+if [ ! -d tests/js/node_modules/piping-server ] || [ ! -d tests/js/node_modules/playwright-core ]; then
   npm ci --prefix tests/js --no-audit --no-fund
 fi
 
