@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,7 +21,8 @@ use super::{ByteStream, Count, Delivery, Head, Log, PeerGuard, WaitingReceiver};
 pub struct Aborted;
 
 enum Frame {
-    Data(Bytes),
+    /// Chunks in order, handed over together (see [`gather`]).
+    Data(Arc<[Bytes]>),
     End,
 }
 
@@ -92,6 +94,7 @@ pub(super) async fn run_sender(task: SenderTask) {
             rx,
             remaining: head.content_length,
             done: Some(done_tx),
+            batch: None,
         };
         let delivery = Delivery {
             head: head.clone(),
@@ -116,17 +119,26 @@ pub(super) async fn run_sender(task: SenderTask) {
             (None, None) => body.next().await,
         };
         match item {
-            Some(Ok(mut chunk)) => {
-                if early.is_empty() && !body_ended {
-                    chunk = gather(chunk, &mut body, &mut held);
-                }
-                if chunk.is_empty() {
+            Some(Ok(chunk)) => {
+                let batch = if early.is_empty() && !body_ended {
+                    gather(chunk, &mut body, &mut held)
+                } else {
+                    vec![chunk]
+                };
+                let len: usize = batch.iter().map(Bytes::len).sum();
+                if len == 0 {
                     continue;
                 }
-                sent += chunk.len() as u64;
+                sent += len as u64;
+                let batch: Arc<[Bytes]> = batch.into();
                 let mut i = 0;
                 while i < outs.len() {
-                    if outs[i].queue.send(Frame::Data(chunk.clone())).await.is_ok() {
+                    if outs[i]
+                        .queue
+                        .send(Frame::Data(Arc::clone(&batch)))
+                        .await
+                        .is_ok()
+                    {
                         i += 1;
                     } else {
                         outs.swap_remove(i);
@@ -179,21 +191,22 @@ pub(super) async fn run_sender(task: SenderTask) {
 /// costs a wake-up and a write per frame at each receiver.
 const GATHER_BYTES: usize = 256 * 1024;
 
-/// Appends to `first` whatever of the body is ready now, without waiting,
-/// up to [`GATHER_BYTES`]; an end or error met on the way goes to `held`.
+/// `first` and whatever of the body is ready now, without waiting, up to
+/// [`GATHER_BYTES`]; an end or error met on the way goes to `held`. The
+/// chunks are not copied: a receiver yields them one by one.
 fn gather(
     first: Bytes,
     body: &mut super::ByteStream,
     held: &mut Option<Option<Result<Bytes, super::BodyError>>>,
-) -> Bytes {
-    let mut more = Vec::new();
+) -> Vec<Bytes> {
     let mut total = first.len();
+    let mut batch = vec![first];
     while total < GATHER_BYTES {
         match body.next().now_or_never() {
             None => break,
             Some(Some(Ok(chunk))) => {
                 total += chunk.len();
-                more.push(chunk);
+                batch.push(chunk);
             }
             Some(other) => {
                 *held = Some(other);
@@ -201,15 +214,7 @@ fn gather(
             }
         }
     }
-    if more.is_empty() {
-        return first;
-    }
-    let mut joined = bytes::BytesMut::with_capacity(total);
-    joined.extend_from_slice(&first);
-    for chunk in more {
-        joined.extend_from_slice(&chunk);
-    }
-    joined.freeze()
+    batch
 }
 
 /// How long, and how many bytes, a sender's upload is still read and
@@ -238,6 +243,8 @@ pub struct ReceiverStream {
     remaining: Option<u64>,
     /// Fired once the receiver has been handed everything.
     done: Option<oneshot::Sender<()>>,
+    /// The batch being yielded, and the index of its next chunk.
+    batch: Option<(Arc<[Bytes]>, usize)>,
 }
 
 impl ReceiverStream {
@@ -249,6 +256,7 @@ impl ReceiverStream {
             rx,
             remaining: None,
             done: Some(oneshot::channel().0),
+            batch: None,
         }
     }
 
@@ -272,21 +280,27 @@ impl Stream for ReceiverStream {
         if self.done.is_none() {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Frame::Data(chunk))) => {
-                if let Some(remaining) = self.remaining.as_mut() {
-                    *remaining = remaining.saturating_sub(chunk.len() as u64);
+        loop {
+            if let Some((batch, next)) = self.batch.take() {
+                if let Some(chunk) = batch.get(next).cloned() {
+                    self.batch = Some((batch, next + 1));
+                    if let Some(remaining) = self.remaining.as_mut() {
+                        *remaining = remaining.saturating_sub(chunk.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(chunk)));
                 }
-                Poll::Ready(Some(Ok(chunk)))
             }
-            Poll::Ready(Some(Frame::End)) => {
-                self.finish();
-                Poll::Ready(None)
-            }
-            Poll::Ready(None) => {
-                self.done = None;
-                Poll::Ready(Some(Err(Aborted)))
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Frame::Data(batch))) => self.batch = Some((batch, 0)),
+                Poll::Ready(Some(Frame::End)) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(None) => {
+                    self.done = None;
+                    return Poll::Ready(Some(Err(Aborted)));
+                }
             }
         }
     }
