@@ -1,10 +1,12 @@
 //! Transports: each translates its protocol's world into the relay core's.
 //!
 //! - [`http`]: HTTP/1.0, HTTP/1.1 and cleartext HTTP/2 on one port (hyper).
+//! - [`http3`]: HTTP/3 over QUIC (quinn and h3), on the same handler.
 //! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
 //! - [`tls`]: certificates for HTTPS and QUIC, reloaded when they change.
 
 pub mod body;
 pub mod http;
+pub mod http3;
 pub mod pages;
 pub mod tls;
