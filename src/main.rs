@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tubes::relay::{Relay, RelayConfig};
 use tubes::server::{self, ServeConfig};
+use tubes::transport::http::Handler;
+use tubes::transport::http3;
 use tubes::transport::tls::{self, Certs};
 
 /// jemalloc: about half the memory per waiting connection of glibc's
@@ -54,6 +56,9 @@ struct ServeArgs {
     /// SHA-256 fingerprint); implies --enable-https
     #[arg(long, env = "TUBES_SELF_SIGNED", conflicts_with_all = ["crt_path", "key_path"])]
     self_signed: bool,
+    /// Do not serve HTTP/3 (QUIC, on the HTTPS port over UDP) beside HTTPS
+    #[arg(long, env = "TUBES_NO_HTTP3")]
+    no_http3: bool,
     /// Worker threads [default: one per CPU core]. One thread relays a
     /// stream with the least CPU; more serve more streams at once.
     #[arg(long, env = "TUBES_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -125,11 +130,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             fingerprint = %certs.fingerprint(),
             "Tubes is serving HTTPS"
         );
+        let mut https_config = config.clone();
+        if !args.no_http3 {
+            // The same port number, over UDP.
+            let socket = server::bind_udp(args.host, address.port()).with_context(|| {
+                format!("cannot listen for HTTP/3 on UDP port {}", address.port())
+            })?;
+            tracing::info!(address = %socket.local_addr()?, "Tubes is serving HTTP/3");
+            https_config.alt_svc = Some(format!("h3=\":{}\"; ma=86400", address.port()));
+            let handler = Handler::new(relay.clone(), true);
+            servers.spawn(http3::serve(
+                socket,
+                handler,
+                Arc::clone(&certs),
+                until_stopped(),
+            ));
+        }
         let tls_config = Arc::new(certs.server_config(&[tls::ALPN_H2, tls::ALPN_HTTP11]));
         servers.spawn(server::serve_tls(
             listener,
             relay.clone(),
-            config.clone(),
+            https_config,
             tls_config,
             until_stopped(),
         ));

@@ -60,6 +60,33 @@ pub fn bind(host: Option<IpAddr>, port: u16) -> io::Result<TcpListener> {
     TcpListener::from_std(listener)
 }
 
+/// Binds a UDP socket (for HTTP/3) the way [`bind`] binds TCP: with no
+/// host, dual-stack where the system has IPv6.
+pub fn bind_udp(host: Option<IpAddr>, port: u16) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let udp = |addr: SocketAddr, dual_stack: bool| -> io::Result<std::net::UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if dual_stack {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    };
+    match host {
+        Some(ip) => udp(SocketAddr::new(ip, port), false),
+        None => udp(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            true,
+        )
+        .or_else(|_| {
+            udp(
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+                false,
+            )
+        }),
+    }
+}
+
 /// Connections the kernel queues before we accept them. The standard
 /// library's 128 drops connections when a thousand clients arrive at once;
 /// the kernel caps this at `net.core.somaxconn`.
