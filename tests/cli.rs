@@ -148,3 +148,37 @@ fn large_file_through_curl_and_clean_stop() {
     let status = status.expect("tubes stops on SIGTERM").expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_missing_or_bad_certificate_stops_the_start_with_the_file_named() {
+    let dir = std::env::temp_dir().join(format!("tubes-cli-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not PEM at all").expect("write");
+    let missing = dir.join("missing.pem");
+    for (cert, key, expected) in [
+        (&missing, &missing, "missing.pem"),
+        (&junk, &junk, "no PEM certificate in"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tubes"))
+            .args(["serve", "--host", "127.0.0.1", "--http-port", "0"])
+            .args(["--enable-https", "--https-port", "0"])
+            .arg("--crt-path")
+            .arg(cert)
+            .arg("--key-path")
+            .arg(key)
+            .output()
+            .expect("run tubes");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tubes"))
+        .args(["serve", "--enable-https"])
+        .output()
+        .expect("run tubes");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--crt-path"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
