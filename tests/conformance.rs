@@ -336,10 +336,10 @@ async fn simultaneous_request(proto: Proto) {
     for i in 0..10 {
         let path = path("simultaneous");
         let message = format!("message {i}");
-        // Over HTTP/2 both share one connection, as two streams; HTTP/1
-        // needs a connection each.
+        // Over h2c and HTTP/3 both share one connection, as two streams;
+        // HTTP/1 needs a connection each.
         let mut a = Conn::open(&server, proto).await;
-        let mut b = if proto == Proto::H2c {
+        let mut b = if matches!(proto, Proto::H2c | Proto::H3) {
             None
         } else {
             Some(Conn::open(&server, proto).await)

@@ -78,8 +78,8 @@ async fn reserved_pages(proto: Proto) {
     assert_eq!(status, 200);
     assert_eq!(find(&headers, "content-type"), Some("text/plain"));
     assert_eq!(find(&headers, "access-control-allow-origin"), Some("*"));
-    // Over TLS the help shows https URLs.
-    let scheme = if matches!(proto, Proto::Https11 | Proto::H2) {
+    // Over TLS (HTTP/3 included) the help shows https URLs.
+    let scheme = if matches!(proto, Proto::Https11 | Proto::H2 | Proto::H3) {
         "https"
     } else {
         "http"

@@ -1,5 +1,7 @@
-//! The one test helper: starts the real server on 127.0.0.1:0 and gives
-//! clients for each protocol over real sockets.
+//! The one test helper: starts the real server on 127.0.0.1:0 (plain,
+//! TLS and HTTP/3 listeners on one relay) and gives clients for each
+//! protocol over real sockets, all with the same request and response
+//! types.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -10,15 +12,17 @@ use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tubes::relay::{Relay, RelayConfig, Stats};
 use tubes::server::{self, ServeConfig};
-use tubes::transport::tls::{Certs, Source, ALPN_H2, ALPN_HTTP11};
+use tubes::transport::http::Handler;
+use tubes::transport::http3;
+use tubes::transport::tls::{Certs, Source, ALPN_H2, ALPN_H3, ALPN_HTTP11};
 
 /// Bound for anything a test waits on.
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -28,6 +32,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The TLS listener (HTTP/1.1 and h2 by ALPN), same relay.
     pub tls_addr: SocketAddr,
+    /// The HTTP/3 endpoint (QUIC over UDP), same relay and certificate.
+    pub h3_addr: SocketAddr,
     pub relay: Relay,
     pub certs: Arc<Certs>,
     stop: Option<watch::Sender<bool>>,
@@ -44,11 +50,16 @@ pub struct Target {
         Arc<rustls::ClientConfig>,
         Arc<rustls::ClientConfig>,
     )>,
+    h3: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
 }
 
 impl From<SocketAddr> for Target {
     fn from(plain: SocketAddr) -> Self {
-        Target { plain, tls: None }
+        Target {
+            plain,
+            tls: None,
+            h3: None,
+        }
     }
 }
 
@@ -72,6 +83,7 @@ impl From<&Server> for Target {
         Target {
             plain: server.addr,
             tls: Some((server.tls_addr, client(b"http/1.1"), client(b"h2"))),
+            h3: Some((server.h3_addr, client(ALPN_H3))),
         }
     }
 }
@@ -111,6 +123,8 @@ impl Server {
         let tls_addr = tls_listener.local_addr().expect("local address");
         let certs = Certs::load(Source::SelfSigned).expect("self-signed certificate");
         let tls_config = Arc::new(certs.server_config(&[ALPN_H2, ALPN_HTTP11]));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
+        let h3_addr = udp.local_addr().expect("UDP address");
         let relay = Relay::new(RelayConfig::default());
         let (stop, stopped) = watch::channel(false);
         let until = |mut stopped: watch::Receiver<bool>| async move {
@@ -127,6 +141,12 @@ impl Server {
             relay.clone(),
             ServeConfig::default(),
             tls_config,
+            until(stopped.clone()),
+        ));
+        let h3 = tokio::spawn(http3::serve(
+            udp,
+            Handler::new(relay.clone(), true),
+            Arc::clone(&certs),
             until(stopped),
         ));
         let tasks = vec![
@@ -136,10 +156,15 @@ impl Server {
             tokio::spawn(async move {
                 let _ = tls.await;
             }),
+            tokio::spawn(async move {
+                let result = h3.await.expect("HTTP/3 server task");
+                assert!(result.is_ok(), "HTTP/3 server: {result:?}");
+            }),
         ];
         Server {
             addr,
             tls_addr,
+            h3_addr,
             relay,
             certs,
             stop: Some(stop),
@@ -187,9 +212,23 @@ pub enum Proto {
     Https11,
     /// HTTP/2 over TLS.
     H2,
+    /// HTTP/3 over QUIC.
+    H3,
 }
 
 pub type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// Any error of a client, whatever its protocol.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body, whatever the protocol it came over. An error is a
+/// body cut short (a reset stream, a closed connection); the end is a
+/// clean end.
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+/// What a request gives: its response head (with the body to read), or
+/// why there is none.
+pub type Reply = Result<Response<RespBody>, BoxError>;
 
 pub fn empty() -> ReqBody {
     Empty::new()
@@ -212,24 +251,42 @@ pub fn streaming() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, ReqBody) {
     (tx, StreamBody::new(stream).boxed())
 }
 
+type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+type H3SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type H3RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<ReqBody>),
     H2(hyper::client::conn::http2::SendRequest<ReqBody>),
+    H3(H3Send),
 }
 
-/// One client connection. Dropping it closes the socket, as a client
-/// that goes away does (hyper's HTTP/2 client would otherwise keep the
-/// connection open in a task of its own).
+/// What closes a connection when its [`Conn`] is dropped.
+enum Link {
+    Tcp(std::net::TcpStream),
+    Quic(quinn::Connection, quinn::Endpoint),
+}
+
+/// One client connection. Dropping it closes the socket (or the QUIC
+/// connection), as a client that goes away does (hyper's HTTP/2 client
+/// would otherwise keep the connection open in a task of its own).
 pub struct Conn {
     pub proto: Proto,
     sender: Sender,
     task: JoinHandle<()>,
-    socket: std::net::TcpStream,
+    link: Link,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        match &self.link {
+            Link::Tcp(socket) => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            Link::Quic(conn, _) => {
+                conn.close(quinn::VarInt::from_u32(0x100), b"client gone");
+            }
+        }
         self.task.abort();
     }
 }
@@ -257,9 +314,228 @@ where
     }
 }
 
+/// A QUIC connection and HTTP/3 on it, trusting the test certificate.
+async fn open_h3(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Conn {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*tls).clone())
+        .expect("QUIC TLS settings");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("QUIC endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connecting = endpoint.connect(addr, "localhost").expect("connect");
+    let conn = tokio::time::timeout(LIMIT, connecting)
+        .await
+        .expect("QUIC handshake in time")
+        .expect("QUIC handshake");
+    let alpn = conn
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    assert_eq!(alpn.as_deref(), Some(ALPN_H3), "ALPN");
+    let (mut driver, sender) = tokio::time::timeout(
+        LIMIT,
+        h3::client::new(h3_quinn::Connection::new(conn.clone())),
+    )
+    .await
+    .expect("h3 setup in time")
+    .expect("h3 setup");
+    let task = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    Conn {
+        proto: Proto::H3,
+        sender: Sender::H3(sender),
+        task,
+        link: Link::Quic(conn, endpoint),
+    }
+}
+
+/// The sending half of an HTTP/3 request stream, reset if dropped before
+/// the request body's end: quinn would otherwise finish it, and a request
+/// abandoned halfway would look complete to the server.
+struct Upload {
+    stream: H3SendHalf,
+    done: bool,
+}
+
+impl Upload {
+    /// Sends the request body; its end finishes the stream, its error
+    /// resets it. Stops when the server no longer takes the body.
+    async fn pump(mut self, mut body: ReqBody) {
+        loop {
+            match body.frame().await {
+                None => {
+                    self.done = true;
+                    let _ = self.stream.finish().await;
+                    return;
+                }
+                Some(Ok(frame)) => {
+                    // Trailers are not sent.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.stream.send_data(data).await.is_err() {
+                        // The server stopped reading or the connection is
+                        // gone: nothing more can be sent.
+                        return;
+                    }
+                }
+                Some(Err(_)) => return, // reset on drop
+            }
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stream
+                .stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        }
+    }
+}
+
+/// An HTTP/3 response body: the DATA of the request stream's receiving
+/// half. A reset stream is an error, the stream's end the body's end.
+/// Dropped before its end, it tells the server to stop sending.
+struct Download {
+    /// In a `Mutex` only to be `Sync`, as [`BoxBody`] wants; never locked
+    /// (`get_mut`).
+    stream: std::sync::Mutex<H3RecvHalf>,
+    done: bool,
+}
+
+impl http_body::Body for Download {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use bytes::Buf;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let stream = this.stream.get_mut().unwrap_or_else(|e| e.into_inner());
+        match std::task::ready!(stream.poll_recv_data(cx)) {
+            Ok(Some(mut buf)) => {
+                Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining())))))
+            }
+            Ok(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Err(error) => {
+                this.done = true;
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stream
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+        }
+    }
+}
+
+/// Runs one HTTP/3 request in a task of its own (so it goes out even
+/// while nobody polls its response, as hyper's requests do): opens the
+/// stream, sends the head, sends the body meanwhile, and hands over the
+/// response. If the response is no longer wanted before its head came,
+/// both directions of the stream are cancelled.
+fn send_h3(sender: &H3Send, req: Request<ReqBody>) -> oneshot::Receiver<Reply> {
+    let mut sender = sender.clone();
+    let (mut reply, replied) = oneshot::channel::<Reply>();
+    tokio::spawn(async move {
+        let (mut head, body) = req.into_parts();
+        // As hyper does over HTTP/1.1 and h2: a body of known size gets
+        // its Content-Length, unless it is the empty body of a method
+        // that has none.
+        let size = http_body::Body::size_hint(&body).exact();
+        let bodyless = matches!(
+            head.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::DELETE
+                | http::Method::OPTIONS
+                | http::Method::CONNECT
+                | http::Method::TRACE
+        );
+        if let Some(size) = size.filter(|&n| n > 0 || !bodyless) {
+            head.headers
+                .entry(http::header::CONTENT_LENGTH)
+                .or_insert_with(|| size.into());
+        }
+        let opened = sender.send_request(Request::from_parts(head, ())).await;
+        drop(sender);
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(error) => {
+                let _ = reply.send(Err(Box::new(error)));
+                return;
+            }
+        };
+        let (send, mut recv) = stream.split();
+        let upload = tokio::spawn(
+            Upload {
+                stream: send,
+                done: false,
+            }
+            .pump(body),
+        );
+        let response = tokio::select! {
+            response = recv.recv_response() => response,
+            () = reply.closed() => {
+                upload.abort();
+                recv.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+                return;
+            }
+        };
+        match response {
+            Ok(response) => {
+                let body = Download {
+                    stream: std::sync::Mutex::new(recv),
+                    done: false,
+                };
+                // If the response is no longer wanted, dropping it here
+                // stops the stream.
+                let _ = reply.send(Ok(response.map(|()| body.boxed())));
+            }
+            Err(error) => {
+                upload.abort();
+                let _ = reply.send(Err(Box::new(error)));
+            }
+        }
+    });
+    replied
+}
+
+fn boxed_response(response: Response<hyper::body::Incoming>) -> Response<RespBody> {
+    response.map(|body| body.map_err(BoxError::from).boxed())
+}
+
 impl Conn {
     pub async fn open(target: impl Into<Target>, proto: Proto) -> Conn {
         let target = target.into();
+        if proto == Proto::H3 {
+            let (addr, tls) = target.h3.clone().expect("an HTTP/3 target: pass &server");
+            return open_h3(addr, tls).await;
+        }
         let tls = match proto {
             Proto::Https11 | Proto::H2 => {
                 Some(target.tls.clone().expect("a TLS target: pass &server"))
@@ -295,7 +571,7 @@ impl Conn {
             proto,
             sender,
             task,
-            socket,
+            link: Link::Tcp(socket),
         }
     }
 
@@ -305,6 +581,9 @@ impl Conn {
         match self.proto {
             Proto::H2c => builder.uri(format!("http://localhost{path}")),
             Proto::H2 => builder.uri(format!("https://localhost{path}")),
+            Proto::H3 => builder
+                .uri(format!("https://localhost{path}"))
+                .version(Version::HTTP_3),
             Proto::Https11 => builder.uri(path).header("host", "localhost"),
             Proto::Http10 => builder
                 .uri(path)
@@ -314,17 +593,32 @@ impl Conn {
         }
     }
 
-    /// Sends a request; resolves when the response head arrives.
+    /// Sends a request; resolves when the response head arrives. The
+    /// request goes out even if the future is not polled; dropping the
+    /// future before the head came cancels the request.
     pub fn send(
         &mut self,
         req: Request<ReqBody>,
-    ) -> impl std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send + 'static {
-        let fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send>,
-        > = match &mut self.sender {
-            Sender::H1(s) => Box::pin(s.send_request(req)),
-            Sender::H2(s) => Box::pin(s.send_request(req)),
-        };
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> =
+            match &mut self.sender {
+                Sender::H1(s) => {
+                    let sent = s.send_request(req);
+                    Box::pin(async move { Ok(boxed_response(sent.await?)) })
+                }
+                Sender::H2(s) => {
+                    let sent = s.send_request(req);
+                    Box::pin(async move { Ok(boxed_response(sent.await?)) })
+                }
+                Sender::H3(s) => {
+                    let replied = send_h3(s, req);
+                    Box::pin(async move {
+                        replied
+                            .await
+                            .unwrap_or_else(|_| Err("the HTTP/3 request task ended".into()))
+                    })
+                }
+            };
         fut
     }
 
@@ -333,6 +627,7 @@ impl Conn {
         match &mut self.sender {
             Sender::H1(s) => s.ready().await.expect("h1 ready"),
             Sender::H2(s) => s.ready().await.expect("h2 ready"),
+            Sender::H3(_) => {}
         }
     }
 }
@@ -345,7 +640,7 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
     body: ReqBody,
-) -> (Conn, Response<Incoming>) {
+) -> (Conn, Response<RespBody>) {
     let mut conn = Conn::open(target, proto).await;
     let mut builder = conn.request(method, path);
     for (k, v) in headers {
@@ -360,14 +655,19 @@ pub async fn request(
 }
 
 /// Reads a whole body; `Err` if it was cut short.
-pub async fn read_body(response: Response<Incoming>) -> Result<Bytes, hyper::Error> {
+pub async fn read_body<B>(response: Response<B>) -> Result<Bytes, BoxError>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
     tokio::time::timeout(LIMIT, response.into_body().collect())
         .await
         .expect("body in time")
         .map(|c| c.to_bytes())
+        .map_err(Into::into)
 }
 
-pub fn header<'a>(response: &'a Response<Incoming>, name: &str) -> Option<&'a str> {
+pub fn header<'a, B>(response: &'a Response<B>, name: &str) -> Option<&'a str> {
     response
         .headers()
         .get(name)
@@ -406,7 +706,8 @@ impl Pattern {
     }
 }
 
-/// Runs a test body once per protocol, as separate tests.
+/// Runs a test body once per protocol (HTTP/1.0, HTTP/1.1, h2c, HTTP/1.1
+/// over TLS, h2, HTTP/3), as separate tests.
 #[macro_export]
 macro_rules! per_protocol {
     ($($name:ident),* $(,)?) => {
@@ -423,6 +724,8 @@ macro_rules! per_protocol {
                 async fn https1_1() { super::$name(Proto::Https11).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn h2() { super::$name(Proto::H2).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn h3() { super::$name(Proto::H3).await }
             }
         )*
     };
