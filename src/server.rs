@@ -69,6 +69,11 @@ pub fn bind_udp(host: Option<IpAddr>, port: u16) -> io::Result<std::net::UdpSock
         if dual_stack {
             socket.set_only_v6(false)?;
         }
+        // QUIC arrives in bursts of datagrams: ask for large socket buffers
+        // (the kernel caps them at net.core.rmem_max / wmem_max) so bursts
+        // are not dropped.
+        let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+        let _ = socket.set_send_buffer_size(UDP_BUFFER);
         socket.bind(&addr.into())?;
         Ok(socket.into())
     };
@@ -86,6 +91,9 @@ pub fn bind_udp(host: Option<IpAddr>, port: u16) -> io::Result<std::net::UdpSock
         }),
     }
 }
+
+/// Socket buffer size asked for on the HTTP/3 socket.
+const UDP_BUFFER: usize = 8 << 20;
 
 /// Connections the kernel queues before we accept them. The standard
 /// library's 128 drops connections when a thousand clients arrive at once;
