@@ -67,6 +67,29 @@ def listen_drops():
     return 0
 
 
+def udp_socket_drops(port):
+    """Datagrams the kernel dropped at the UDP socket bound to this local
+    port (last column of /proc/net/udp: a full receive buffer), or None."""
+    try:
+        with open("/proc/net/udp") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    total = None
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 12 and int(parts[1].split(":")[1], 16) == port:
+            total = (total or 0) + int(parts[-1])
+    return total
+
+
+def udp_rcvbuf_errors():
+    """Udp RcvbufErrors of the whole machine (all UDP sockets)."""
+    with open("/proc/net/snmp") as f:
+        lines = [l.split() for l in f if l.startswith("Udp:")]
+    return int(dict(zip(lines[0][1:], lines[1][1:]))["RcvbufErrors"])
+
+
 def proc_rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -169,40 +192,86 @@ def wait_port(port, timeout):
     return False
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def free_port(udp_too=False):
+    """A free TCP port (and, with udp_too, free over UDP as well)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+            if not udp_too:
+                return port
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((HOST, port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no port free over both TCP and UDP")
 
 
 # --------------------------------------------------------------- streams
 
 
-def curl_receiver(url, max_time):
-    return ["curl", "-sS", "-o", "/dev/null", "--max-time", str(max_time),
-            "-w", "%{http_code} %{size_download}", url]
+# Client protocols of figure 8 (and 1, 6, 7): h1 = plain HTTP/1.1, h2c =
+# cleartext HTTP/2 (prior knowledge), h1tls / h2tls = curl -k over TLS with
+# ALPN http/1.1 / h2, h3 = examples/h3_client.rs over QUIC.
+TLS_PROTOS = ("h1tls", "h2tls", "h3")
+CURL_PROTO_FLAGS = {"h1": [], "h2c": ["--http2-prior-knowledge"],
+                    "h1tls": ["-k", "--http1.1"], "h2tls": ["-k", "--http2"]}
+
+
+def stream_url(a, proto, path):
+    if proto in TLS_PROTOS:
+        return f"https://{HOST}:{a.tls_port}{path}"
+    return f"http://{HOST}:{a.port}{path}"
+
+
+def client_argv(a, proto, url, upload=None):
+    """A sender (upload=file) or receiver for one protocol. Each prints
+    'STATUS BYTES ...' (bytes received; for the h3 sender, bytes sent) and,
+    for curl, the HTTP version it spoke."""
+    if proto == "h3":
+        if not a.h3_client:
+            raise SystemExit("h3 needs --h3-client")
+        return [a.h3_client, "--threads", str(a.h3_threads), "--max-time", str(a.max_time),
+                *(["send", url, upload] if upload else ["recv", url])]
+    argv = ["curl", "-sS", *CURL_PROTO_FLAGS[proto], "-o", "/dev/null",
+            "--max-time", str(a.max_time),
+            "-w", "%{http_code} %{size_download} %{http_version}"]
+    if upload:
+        if a.no_expect:
+            argv[1:1] = ["-H", "Expect:"]
+        argv += ["-T", upload]
+    return argv + [url]
+
+
+def _output(p):
+    try:
+        return p.stdout.read().decode(errors="replace").split()
+    except Exception:
+        return []
 
 
 def cmd_stream(a):
-    """One curl sender (h1 or h2c) -> server -> a.n curl receivers (h1)."""
+    """One sender -> server -> a.n receivers, each speaking its protocol."""
     size = os.path.getsize(a.file)
+    sender_proto = "h2c" if a.h2c else a.sender
     q = f"?n={a.n}" if a.n != 1 else ""
-    url = f"http://{HOST}:{a.port}/bench-{a.tag}-{random.getrandbits(48):x}{q}"
+    path = f"/bench-{a.tag}-{random.getrandbits(48):x}{q}"
+    quic = "h3" in (sender_proto, a.receiver)
     ch = Children()
     try:
+        if quic:
+            drops0, rcvbuf0 = udp_socket_drops(a.tls_port), udp_rcvbuf_errors()
         cpu0 = proc_cpu(a.pid)
         busy0 = busy_seconds()
-        recv = [ch.start(f"r{i}", curl_receiver(url, a.max_time), stdout=subprocess.PIPE)
+        recv = [ch.start(f"r{i}", client_argv(a, a.receiver, stream_url(a, a.receiver, path)),
+                         stdout=subprocess.PIPE)
                 for i in range(a.n)]
         time.sleep(0.3)  # let the receivers register
-        send_argv = ["curl", "-sS", "-o", "/dev/null", "--max-time", str(a.max_time),
-                     "-T", a.file, url]
-        if a.h2c:
-            send_argv.insert(1, "--http2-prior-knowledge")
-        if a.no_expect:
-            send_argv[1:1] = ["-H", "Expect:"]
+        send_argv = client_argv(a, sender_proto, stream_url(a, sender_proto, path), upload=a.file)
         t0 = time.perf_counter()
-        ch.start("s", send_argv)
+        sender = ch.start("s", send_argv, stdout=subprocess.PIPE)
         names = ["s"] + [f"r{i}" for i in range(a.n)]
         # If the sender fails at once (e.g. h2c refused), the receivers wait
         # forever: give them a short grace period after the sender ends.
@@ -214,36 +283,56 @@ def cmd_stream(a):
         time.sleep(0.05)
         cpu1 = proc_cpu(a.pid)
         busy1 = busy_seconds()
+        if quic:
+            drops1, rcvbuf1 = udp_socket_drops(a.tls_port), udp_rcvbuf_errors()
     finally:
         ch.cleanup()
-    got = []
+    got, versions = [], []
     for p in recv:
+        outs = _output(p)
         try:
-            outs = p.stdout.read().decode().split()
             got.append(int(outs[1]) if len(outs) > 1 and outs[0] == "200" else 0)
-        except Exception:
+        except ValueError:
             got.append(0)
+        versions.append(outs[2] if len(outs) > 2 and a.receiver != "h3" else a.receiver)
+    souts = _output(sender)
+    sender_version = (souts[2] if len(souts) > 2 else "?") if sender_proto != "h3" else "h3"
     s = ch.done.get("s", {})
     rs = [ch.done.get(f"r{i}", {}) for i in range(a.n)]
     t_end = max((r.get("end", t0) for r in rs), default=t0)
     wall = max(t_end - t0, 1e-9)
     ok = s.get("rc") == 0 and all(r.get("rc") == 0 for r in rs) and all(g == size for g in got)
+    # curl over TLS falls back to HTTP/1.1 if ALPN says so: that would not be h2.
+    want = {"h2tls": "2", "h2c": "2"}
+    if a.receiver in want and any(v != want[a.receiver] for v in versions):
+        ok = False
+    if sender_proto in want and s.get("rc") == 0 and sender_version != want[sender_proto]:
+        ok = False
     delivered = sum(got)
     rec = dict(
         fig="stream", server=a.server, mode=a.mode, ok=ok,
+        sender=sender_proto, receiver=a.receiver,
+        sender_version=sender_version, receiver_version=versions,
         sender_rc=s.get("rc"), receiver_rc=[r.get("rc") for r in rs],
         size=size, delivered=delivered, wall=wall,
         mbps=(min(got) if got else 0) / wall / 1e6,
         server_cpu=cpu1 - cpu0,
         sender_cpu=s.get("cpu", 0), receiver_cpu=sum(r.get("cpu", 0) for r in rs) / max(a.n, 1),
     )
+    if quic:
+        # Datagrams lost to a full socket receive buffer: at the server's
+        # socket, and on the whole machine (so mostly the clients' sockets).
+        rec["server_udp_drops"] = drops1 - drops0 if None not in (drops0, drops1) else None
+        rec["udp_rcvbuf_errors"] = rcvbuf1 - rcvbuf0
     # CPU used by everything else on the machine meanwhile (noise).
     ours = rec["server_cpu"] + s.get("cpu", 0) + sum(r.get("cpu", 0) for r in rs)
     rec["other_cores"] = max(0.0, (busy1 - busy0) - ours) / (time.perf_counter() - t0)
     emit(a.out, **rec)
-    log(f"{a.server:5} {a.mode:6} {'ok ' if ok else 'FAIL'} {rec['mbps']:7.1f} MB/s  "
+    log(f"{a.server:5} {a.mode:7} {'ok ' if ok else 'FAIL'} {rec['mbps']:7.1f} MB/s  "
         f"server {rec['server_cpu']:.2f}s cpu  sender {rec['sender_cpu']:.2f}s  "
-        f"receiver {rec['receiver_cpu']:.2f}s  ({wall:.2f}s, others {rec['other_cores']:.2f} cores)")
+        f"receiver {rec['receiver_cpu']:.2f}s  ({wall:.2f}s, others {rec['other_cores']:.2f} cores)"
+        + (f"  UDP drops: server socket {rec['server_udp_drops']}, all {rec['udp_rcvbuf_errors']}"
+           if quic else ""))
 
 
 def cmd_socat(a):
@@ -665,11 +754,62 @@ def cmd_report(a):
     row("  h2c / h1 upload without Expect", rt2, None, rn2, "info")
     row("  h2c server CPU s/GiB", med("tubes", "h2c", "server_cpu", "size"), None,
         med("npm", "h2c", "server_cpu", "size"), "info")
+    # 8. TLS and HTTP/3 (Tubes only: the npm server has no TLS here, so '-')
+    tls = med("tubes", "tls11", "mbps")
+
+    def cores(mode):
+        vals = [med("tubes", mode, k, "cores") for k in ("sender_cpu", "receiver_cpu", "server_cpu")]
+        if not any(num(v) for v in vals):
+            return vals[0]
+        return " / ".join(fmt(v) for v in vals)
+
+    def drops(mode):
+        rs = [r for r in streams("tubes", mode) if r["ok"] and "udp_rcvbuf_errors" in r]
+        if not rs:
+            return None
+        srv = [r["server_udp_drops"] for r in rs if r.get("server_udp_drops") is not None]
+        return (fmt(statistics.median(srv), 0) if srv else "?") + " / " + \
+            fmt(statistics.median(r["udp_rcvbuf_errors"] for r in rs), 0)
+
+    row("8 one stream over TLS / QUIC (npm: no TLS here)", "", "", "", "")
+    fig8 = (
+        ("h1", "(a) HTTP/1.1 plain (figure 1)", "info"),
+        ("tls11", "(b) HTTP/1.1+TLS", "info"),
+        ("tls2", "(c) h2+TLS -> h2+TLS", ">= 0.70"),
+        ("tls2h1", "(c') h2+TLS -> HTTP/1.1+TLS", "info"),
+        ("h3", "(d) h3 -> h3", ">= 0.70"),
+        ("h3h1", "(d') h3 -> HTTP/1.1+TLS", "info"),
+    )
+    for mode, label, target in fig8:
+        if mode != "h1" and not streams("tubes", mode):
+            continue
+        t = med("tubes", mode, "mbps")
+        row(f"  {label} MB/s", t, None, med("npm", "h1", "mbps") if mode == "h1" else None,
+            "info", nd=0)
+        if mode != "tls11":
+            r = ratio(t, tls)
+            row("    / HTTP/1.1+TLS", r, None, None,
+                target,
+                verdict(r >= 0.70) if target == ">= 0.70" and num(r) else None)
+        cpu = med("tubes", mode, "server_cpu", "size")
+        if mode == "tls11":
+            row("    server CPU s/GiB", cpu, None, None, "<= 1.5 (Rust ref ~3.4)",
+                verdict(cpu <= 1.5) if num(cpu) else None)
+        else:
+            row("    server CPU s/GiB", cpu, None,
+                med("npm", "h1", "server_cpu", "size") if mode == "h1" else None, "info")
+        row("    cores: sender / receiver / server", cores(mode), None, None, "info")
+        if mode in ("h3", "h3h1"):
+            row("    UDP datagrams dropped: server socket / all",
+                drops(mode), None, None, "info")
 
     # print
     head = ("figure", "Tubes", "socat", "npm", "T/socat", "T/npm", "target", "")
     table = [head]
     for label, t, s, n, target, v, nd in rows:
+        if t == s == n == "":  # a heading
+            table.append((label, "", "", "", "", "", target, ""))
+            continue
         table.append((label, fmt(t, nd), fmt(s, nd), fmt(n, nd),
                       fmt(ratio(t, s)), fmt(ratio(t, n)), target, v or ""))
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
@@ -703,7 +843,8 @@ def cmd_report(a):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("freeport")
+    fp = sub.add_parser("freeport")
+    fp.add_argument("--udp", action="store_true", help="free over UDP too (HTTPS + HTTP/3)")
     w = sub.add_parser("waitport"); w.add_argument("port", type=int); w.add_argument("timeout", type=float)
     for name in ("stream", "socat", "waiters", "latency", "pairs"):
         q = sub.add_parser(name)
@@ -720,6 +861,11 @@ def main():
             q.add_argument("--no-expect", action="store_true")
             q.add_argument("--mode", default="h1")
             q.add_argument("--tag", default="s")
+            q.add_argument("--sender", default="h1", choices=sorted(CURL_PROTO_FLAGS) + ["h3"])
+            q.add_argument("--receiver", default="h1", choices=sorted(CURL_PROTO_FLAGS) + ["h3"])
+            q.add_argument("--tls-port", type=int, help="the HTTPS (TCP) and HTTP/3 (UDP) port")
+            q.add_argument("--h3-client", help="path of the built examples/h3_client")
+            q.add_argument("--h3-threads", type=int, default=1, help="its runtime's worker threads")
         if name == "socat":
             q.add_argument("--buf", type=int, default=65536)
         if name in ("waiters", "latency", "pairs"):
@@ -733,7 +879,7 @@ def main():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if a.cmd == "freeport":
-        print(free_port())
+        print(free_port(udp_too=a.udp))
     elif a.cmd == "waitport":
         sys.exit(0 if wait_port(a.port, a.timeout) else 1)
     else:

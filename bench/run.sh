@@ -19,6 +19,7 @@ BENCH_PAIRS=${BENCH_PAIRS:-1000}
 BENCH_SOCAT_BUF=${BENCH_SOCAT_BUF:-65536} # socat -b (curl's upload buffer is 64 KiB too)
 BENCH_MAX_TIME=${BENCH_MAX_TIME:-120} # bound on any one transfer, seconds
 BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+BENCH_H3_THREADS=${BENCH_H3_THREADS:-1} # runtime threads of the h3 client (figure 8)
 # Extra flags for `tubes serve`, e.g. BENCH_TUBES_ARGS="--threads 1".
 read -r -a TUBES_ARGS <<< "${BENCH_TUBES_ARGS:-}"
 
@@ -62,8 +63,11 @@ fi
 if [[ $BENCH_SKIP_BUILD != 1 ]]; then
     log "cargo build --release"
     (cd "$ROOT" && cargo build --release --quiet)
+    log "cargo build --release --example h3_client"
+    (cd "$ROOT" && cargo build --release --quiet --example h3_client)
 fi
 TUBES=$ROOT/target/release/tubes
+H3_CLIENT=$ROOT/target/release/examples/h3_client
 NPM_SERVER=$ROOT/tests/js/node_modules/.bin/piping-server
 
 # ------------------------------------------------------------ limits
@@ -96,22 +100,29 @@ v = lambda *c: subprocess.run(c, capture_output=True, text=True).stdout.strip().
 json.dump({"file": "$MIB MiB", "reps": $BENCH_REPS, "waiters": $BENCH_WAITERS,
            "tubes": v("git", "-C", "$ROOT", "describe", "--always", "--dirty"),
            "npm piping-server": v("$NPM_SERVER", "--version"),
-           "curl": v("curl", "--version").split()[1], "socat -b": $BENCH_SOCAT_BUF},
+           "curl": v("curl", "--version").split()[1], "socat -b": $BENCH_SOCAT_BUF,
+           "tubes args": "${BENCH_TUBES_ARGS:-}" or "(none)", "h3_client threads": $BENCH_H3_THREADS},
           open(sys.argv[1], "w"))
 EOF
 
 # ------------------------------------------------------------ servers
-# start_server KIND -> sets PORT and PID; logs to bench/out/KIND-PORT.log
+# start_server KIND [tls] -> sets PORT and PID (and, with tls, TLSPORT: HTTPS
+# over TCP and HTTP/3 over UDP, self-signed); logs to bench/out/KIND-PORT.log
 start_server() {
-    local kind=$1
+    local kind=$1 tls=()
     PORT=$("${PY[@]}" freeport)
+    TLSPORT=
+    if [[ ${2:-} == tls ]]; then
+        TLSPORT=$("${PY[@]}" freeport --udp)
+        tls=(--https-port "$TLSPORT" --self-signed)
+    fi
     case $kind in
-        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" "${TUBES_ARGS[@]}" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
+        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" "${tls[@]}" "${TUBES_ARGS[@]}" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
         npm) "$NPM_SERVER" --host 127.0.0.1 --http-port "$PORT" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
     esac
     PID=$!
     SERVER_PIDS+=("$PID")
-    if ! "${PY[@]}" waitport "$PORT" 20; then
+    if ! "${PY[@]}" waitport "$PORT" 20 || { [[ -n $TLSPORT ]] && ! "${PY[@]}" waitport "$TLSPORT" 20; }; then
         log "$kind did not start; its log:"
         cat "$OUT/$kind-$PORT.log" >&2
         exit 1
@@ -138,13 +149,18 @@ for kind in tubes npm; do
     stop_server "$PID"
 done
 
-start_server tubes; TPORT=$PORT TPID=$PID
+start_server tubes tls; TPORT=$PORT TPID=$PID TTLSPORT=$TLSPORT
 start_server npm; NPORT=$PORT NPID=$PID
 
 stream() { # KIND MODE [extra args]
     local kind=$1 mode=$2
     shift 2
-    if [[ $kind == tubes ]]; then set -- --port "$TPORT" --pid "$TPID" "$@"; else set -- --port "$NPORT" --pid "$NPID" "$@"; fi
+    if [[ $kind == tubes ]]; then
+        set -- --port "$TPORT" --pid "$TPID" --tls-port "$TTLSPORT" --h3-client "$H3_CLIENT" \
+            --h3-threads "$BENCH_H3_THREADS" "$@"
+    else
+        set -- --port "$NPORT" --pid "$NPID" "$@"
+    fi
     measure stream --out "$RESULTS" --server "$kind" --mode "$mode" --file "$FILE" \
         --max-time "$BENCH_MAX_TIME" "$@"
 }
@@ -178,6 +194,23 @@ for rep in $(seq "$BENCH_REPS"); do
         stream npm h2c --h2c
         # the npm server speaks HTTP/1 only: do not retry a refusal
         tail -1 "$RESULTS" | grep -q '"ok": true' || npm_h2c=0
+    fi
+done
+
+# 8. TLS and HTTP/3 (plain HTTP/1.1 is figure 1); the npm server has no TLS here
+log "8. HTTP/1.1+TLS, h2+TLS, h3, $BENCH_REPS reps"
+have_h3=1
+if [[ ! -x $H3_CLIENT ]]; then
+    have_h3=0
+    log "no $H3_CLIENT (BENCH_SKIP_BUILD=1?): h3 left out; cargo build --release --example h3_client"
+fi
+for rep in $(seq "$BENCH_REPS"); do
+    stream tubes tls11 --sender h1tls --receiver h1tls
+    stream tubes tls2 --sender h2tls --receiver h2tls
+    stream tubes tls2h1 --sender h2tls --receiver h1tls
+    if ((have_h3)); then
+        stream tubes h3 --sender h3 --receiver h3
+        stream tubes h3h1 --sender h3 --receiver h1tls
     fi
 done
 
