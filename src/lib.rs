@@ -8,6 +8,8 @@
 //! - [`transport`]: protocols around the core; [`transport::http`] serves
 //!   HTTP/1.0, HTTP/1.1 and cleartext HTTP/2, [`transport::pages`] the
 //!   reserved pages.
+//! - [`client`]: `tubes send` and `tubes recv`: a Piping client with
+//!   codes, folders and end-to-end encryption.
 //! - [`server`]: binding, the accept loop and shutdown: `serve(listener,
 //!   relay, config, shutdown)`.
 //!
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::await_holding_lock)]
 
+pub mod client;
 pub mod relay;
 pub mod server;
 pub mod transport;

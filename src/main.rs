@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tubes::client::config::{ConnectOptions, Connection, HttpVersion};
+use tubes::client::recv::{self, RecvOptions};
+use tubes::client::send::{self, SendOptions};
+use tubes::client::ClientError;
 use tubes::relay::{Relay, RelayConfig};
 use tubes::server::{self, ServeConfig};
 use tubes::transport::http::Handler;
@@ -30,6 +34,94 @@ struct Cli {
 enum Command {
     /// Run the relay server.
     Serve(ServeArgs),
+    /// Send files, a folder or stdin (under a fresh code unless --path).
+    Send(SendArgs),
+    /// Receive what was sent under a code or to a path.
+    Recv(RecvArgs),
+}
+
+/// How a client reaches the relay.
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// Relay URL, e.g. https://relay.example [default: from the config file]
+    #[arg(long, short = 's', env = "TUBES_SERVER")]
+    server: Option<String>,
+    /// Extra request header, `Name: value` (repeatable), e.g. for auth
+    #[arg(long = "header", short = 'H', value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Accept any TLS certificate (a self-signed relay)
+    #[arg(long, short = 'k', env = "TUBES_INSECURE")]
+    insecure: bool,
+    /// Speak HTTP/1.1 only
+    #[arg(long, conflicts_with = "http2")]
+    http1: bool,
+    /// Speak HTTP/2 only (over http:// with prior knowledge)
+    #[arg(long)]
+    http2: bool,
+    /// No progress bar or messages (the code is still printed)
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+impl ConnectArgs {
+    fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            server: self.server.clone(),
+            headers: self.headers.clone(),
+            insecure: self.insecure,
+            http: match (self.http1, self.http2) {
+                (true, _) => HttpVersion::Http1,
+                (_, true) => HttpVersion::Http2,
+                _ => HttpVersion::Auto,
+            },
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// Files and folders to send (several, or a folder, go as one tar
+    /// stream); nothing or `-` sends stdin
+    inputs: Vec<PathBuf>,
+    /// Send to this path, without a code (plain unless --encrypt or --pass)
+    #[arg(long, short = 'p')]
+    path: Option<String>,
+    /// Number of receivers that will take the stream (`?n=`)
+    #[arg(long = "receivers", short = 'n', value_parser = clap::value_parser!(u32).range(1..))]
+    receivers: Option<u32>,
+    /// Encrypt a --path transfer with a fresh code (printed)
+    #[arg(long, requires = "path")]
+    encrypt: bool,
+    /// Encrypt with a passphrase instead (works with several receivers)
+    #[arg(long, env = "TUBES_PASS", conflicts_with = "encrypt")]
+    pass: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(clap::Args)]
+struct RecvArgs {
+    /// The code the sender printed (or a path; with --path, the secret of
+    /// an encrypted path transfer)
+    target: Option<String>,
+    /// Receive from this path
+    #[arg(long, short = 'p')]
+    path: Option<String>,
+    /// Write here: a file, a folder, or `-` for stdout [default: the
+    /// sender's file name, folders here, streams to stdout]
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Number of receivers the sender asked for (`?n=`)
+    #[arg(long = "receivers", short = 'n', value_parser = clap::value_parser!(u32).range(1..))]
+    receivers: Option<u32>,
+    /// The passphrase the sender used
+    #[arg(long, env = "TUBES_PASS")]
+    pass: Option<String>,
+    /// Replace existing files and folders
+    #[arg(long, short = 'f')]
+    force: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(clap::Args)]
@@ -66,26 +158,79 @@ struct ServeArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            // One line, the causes joined: no backtrace for a user's mistake.
-            eprintln!("tubes: {error:#}");
-            std::process::ExitCode::FAILURE
+    let cli = Cli::parse();
+    let quiet_default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => match runtime(args.threads).and_then(|rt| rt.block_on(serve(args)))
+        {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                // One line, the causes joined: no backtrace for a user's mistake.
+                eprintln!("tubes: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Send(args) => {
+            let options = SendOptions {
+                inputs: args.inputs,
+                path: args.path,
+                receivers: args.receivers,
+                encrypt: args.encrypt,
+                pass: args.pass,
+                quiet: args.connect.quiet,
+            };
+            run_client(args.connect.options(), |conn| send::send(conn, options))
+        }
+        Command::Recv(args) => {
+            let options = RecvOptions {
+                target: args.target,
+                path: args.path,
+                output: args.output,
+                receivers: args.receivers,
+                pass: args.pass,
+                force: args.force,
+                quiet: args.connect.quiet,
+            };
+            run_client(args.connect.options(), |conn| recv::recv(conn, options))
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Serve(args) => runtime(args.threads)?.block_on(serve(args)),
+/// Runs a client command and exits with its status (see
+/// `ClientError::exit_code`); blocking readers and writers still running
+/// after a failure end with the process.
+fn run_client<F, Fut>(connect: ConnectOptions, command: F) -> std::process::ExitCode
+where
+    F: FnOnce(Connection) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let result = connect.resolve().and_then(|conn| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::local("cannot start the async runtime", e))?;
+        let result = runtime.block_on(command(conn));
+        // A reader blocked on stdin must not keep the process alive.
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+        result
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tubes: {error}");
+            std::process::exit(error.exit_code());
+        }
     }
 }
 
