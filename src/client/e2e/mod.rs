@@ -216,3 +216,47 @@ mod tests {
         assert_ne!(p.data, q.data);
     }
 }
+
+/// Fixed vectors, also printed in `docs/encryption.md`, so a second
+/// implementation can check each step.
+#[cfg(test)]
+mod vectors {
+    use super::seal::Sealer;
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn key_schedule_and_records() {
+        let k = Keys::derive(b"tubes test secret");
+        assert_eq!(
+            hex(&k.data),
+            "f624ccc467815ca531dc6b8ab989c8d249d15eedb3efcfe527a5567d23f4c70d"
+        );
+        assert_eq!(
+            hex(&k.confirm_sender),
+            "22b317a2222790cb02da6db28e6ff155bab550f2a0dac82bf9063d47780a6b69"
+        );
+        assert_eq!(
+            hex(&k.confirm_receiver),
+            "553380a07d9b42e9dfed113994e1b715b69a9ae3500e40f953e633761cda2bef"
+        );
+        let iterations = NonZeroU32::new(1000).unwrap();
+        let p = Keys::from_passphrase("correct horse", &[0x11; SALT_LEN], iterations);
+        assert_eq!(
+            hex(&p.data),
+            "e46ea057f7245a53df2ad343b5dc985244e7990433e0992690719f43cb302c0b"
+        );
+        let mut s = Sealer::new(&[7; 32]);
+        assert_eq!(
+            hex(&s.seal(b"hello", false).unwrap()),
+            "0000001509bdc8de94089f9b5b053e9c291825d9c994051df6"
+        );
+        assert_eq!(
+            hex(&s.seal(b"", true).unwrap()),
+            "800000104932c4c75dbe41aa63bb36ba3b0ace0e"
+        );
+    }
+}

@@ -69,14 +69,17 @@ impl Cpace {
     /// Starts the exchange for `password` (the code) on `channel` (the
     /// relay path both sides use); returns the state and the share to send.
     pub fn start(password: &str, channel: &str, role: Role) -> Result<Self, E2eError> {
-        let secret = random_scalar()?;
+        Ok(Self::with_secret(password, channel, role, random_scalar()?))
+    }
+
+    fn with_secret(password: &str, channel: &str, role: Role, secret: Scalar) -> Self {
         let point = generator(password.as_bytes(), channel.as_bytes()) * secret;
-        Ok(Self {
+        Self {
             secret,
             share: point.compress().to_bytes(),
             channel: channel.as_bytes().to_vec(),
             role,
-        })
+        }
     }
 
     /// This side's share, to send to the other side.
@@ -156,18 +159,32 @@ mod tests {
 
     /// A fixed vector so a second implementation can check its generator.
     #[test]
-    fn generator_vector() {
-        let g = generator(b"1234-amber-lunar-velvet", b"/tubes-1234");
-        let hex: String = g
-            .compress()
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        // Also in docs/encryption.md.
+    fn vectors() {
+        let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+        let (code, channel) = ("1234-amber-lunar-velvet", "tubes-1234");
+        let g = generator(code.as_bytes(), channel.as_bytes());
+        // The same vectors are in docs/encryption.md.
         assert_eq!(
-            hex,
-            "2e81d3292ac0d661654366bad749543c3dd40350366fb5bdcfea6d640052e325"
+            hex(g.compress().as_bytes()),
+            "bc457a36f193dc942be61b6ef31c9846f489533243836da4a33a45603184281a"
+        );
+        let s = Cpace::with_secret(code, channel, Role::Sender, Scalar::from(3u64));
+        let r = Cpace::with_secret(code, channel, Role::Receiver, Scalar::from(5u64));
+        let (ss, rs) = (*s.share(), *r.share());
+        assert_eq!(
+            hex(&ss),
+            "18919a87cb13c764772bf3c07d17145dd8871f1d9fadf89752e431effba1820a"
+        );
+        assert_eq!(
+            hex(&rs),
+            "d6a8ec8250e49200efbdb01e08563608a6b3d385982b81316eac3dcde3fc443a"
+        );
+        let isk = s.finish(&rs).unwrap();
+        assert_eq!(isk, r.finish(&ss).unwrap());
+        assert_eq!(
+            hex(&isk),
+            "36ffda54e5a98df945b1af83d18817102c322d36b922406c9a9ebd5fba0828e0\
+             70d1a0f2a9b03036cfd8bf667564fed22adc43fd9f406ed7fd6d189750378c30"
         );
     }
 }
