@@ -116,12 +116,14 @@ class Children:
         self.procs = {}  # pid -> name
         self.done = {}  # name -> dict(end, cpu, rc)
 
-    def start(self, name, argv, stdin=None, stdout=subprocess.DEVNULL):
+    def start(self, name, argv, stdin=None, stdout=subprocess.DEVNULL, stderr=None):
+        if stderr is None:
+            stderr = subprocess.PIPE if stdout is subprocess.PIPE else subprocess.DEVNULL
         p = subprocess.Popen(
             argv,
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=stdout,
-            stderr=subprocess.PIPE if stdout is subprocess.PIPE else subprocess.DEVNULL,
+            stderr=stderr,
             preexec_fn=_die_with_parent,
         )
         self.procs[p.pid] = (name, p)
@@ -165,6 +167,8 @@ class Children:
                         pid=pid,
                         end=end,
                         cpu=ru.ru_utime + ru.ru_stime,
+                        utime=ru.ru_utime,
+                        stime=ru.ru_stime,
                         rc=p.returncode,
                         wchar=io.get("wchar"),
                     )
@@ -383,6 +387,138 @@ def _listening(ports):
             if parts[3] == "0A":  # LISTEN
                 found.add(int(parts[1].split(":")[1], 16))
     return ports <= found
+
+
+# --------------------------------------------------------------- client
+
+# Figure 9: the `tubes send` / `tubes recv` client beside curl, one pair at a
+# time through the same `tubes serve`. Modes: curl (figure 1's clients),
+# plain (--path), code (encrypted under a code the sender prints), pass
+# (--path with --pass on both sides: PBKDF2 on each).
+CLIENT_MODES = ("curl", "plain", "code", "pass")
+
+
+class _Drain(threading.Thread):
+    """Reads a child's stderr line by line (so the pipe never fills up);
+    the first `Code: X` line is handed over through an Event."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe, self.lines, self.code = pipe, [], None
+        self.got_code = threading.Event()
+
+    def run(self):
+        try:
+            for raw in iter(self.pipe.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.lines.append(line)
+                if self.code is None and line.startswith("Code: "):
+                    self.code = line.split(None, 1)[1].strip()
+                    self.got_code.set()
+        finally:
+            self.got_code.set()  # EOF without a code: stop waiting
+
+
+def client_pair_argv(a, mode, base, path):
+    """(sender argv, receiver argv or None for the code mode)."""
+    if mode == "curl":
+        url = base + path
+        return client_argv(a, "h1", url, upload=a.file), client_argv(a, "h1", url)
+    t = [a.tubes]
+    # The receiver writes to stdout (-o -), which is /dev/null here: `-o
+    # /dev/null` would make tubes recv write a partial file next to the
+    # target (in /dev) and rename it over /dev/null.
+    out = ["-o", "-", "-s", base, "-q"]
+    if mode == "plain":
+        return (t + ["send", "--path", path, a.file, "-s", base, "-q"],
+                t + ["recv", "--path", path] + out)
+    if mode == "pass":
+        pw = ["--pass", a.passphrase]
+        return (t + ["send", "--path", path, *pw, a.file, "-s", base, "-q"],
+                t + ["recv", "--path", path, *pw] + out)
+    if mode == "code":
+        return t + ["send", a.file, "-s", base, "-q"], None
+    raise SystemExit(f"unknown client mode {mode}")
+
+
+def cmd_client(a):
+    """One transfer of figure 9: sender -> tubes serve -> receiver. Wall time
+    from the sender's start to both clients' exit; CPU of each client from
+    wait4 (user and system apart)."""
+    size = os.path.getsize(a.file)
+    base = f"http://{HOST}:{a.port}"
+    path = f"/bench-client-{a.mode}-{random.getrandbits(48):x}"
+    a.no_expect = False  # curl keeps Expect: 100-continue, as in figure 1
+    send_argv, recv_argv = client_pair_argv(a, a.mode, base, path)
+    ch = Children()
+    drains = {}
+    t_code = None
+    try:
+        cpu0 = proc_cpu(a.pid)
+        busy0 = busy_seconds()
+        curl = a.mode == "curl"
+        pipe = subprocess.PIPE
+        if recv_argv is not None:  # receiver first, as in figure 1
+            r = ch.start("r", recv_argv, stdout=pipe if curl else subprocess.DEVNULL, stderr=pipe)
+            time.sleep(0.3)
+        t0 = time.perf_counter()
+        s = ch.start("s", send_argv, stdout=pipe if curl else subprocess.DEVNULL, stderr=pipe)
+        drains["s"] = _Drain(s.stderr)
+        drains["s"].start()
+        if recv_argv is None:  # code mode: the receiver needs the printed code
+            drains["s"].got_code.wait(min(30, a.max_time))
+            t_code = time.perf_counter() - t0
+            if drains["s"].code is None:
+                raise RuntimeError("the sender printed no code: "
+                                   + " | ".join(drains["s"].lines[-3:]))
+            recv_argv = [a.tubes, "recv", drains["s"].code, "-o", "-", "-s", base, "-q"]
+            r = ch.start("r", recv_argv, stderr=pipe)
+        drains["r"] = _Drain(r.stderr)
+        drains["r"].start()
+        ch.reap(["s"], a.max_time + 5)
+        ch.reap(["s", "r"], (a.max_time + 5) if ch.done.get("s", {}).get("rc") == 0 else 2)
+        time.sleep(0.05)
+        cpu1 = proc_cpu(a.pid)
+        busy1 = busy_seconds()
+    finally:
+        ch.cleanup()
+    for d in drains.values():
+        d.join(2)
+    d_s, d_r = ch.done.get("s", {}), ch.done.get("r", {})
+    if curl:
+        outs = _output(r)
+        try:
+            got = int(outs[1]) if len(outs) > 1 and outs[0] == "200" else 0
+        except ValueError:
+            got = 0
+    else:
+        # Bytes the receiver wrote (to /dev/null, plus its few hundred
+        # bytes of requests), from its /proc/PID/io just before reaping.
+        got = d_r.get("wchar") or 0
+    wall = max(d_r.get("end", t0) - t0, d_s.get("end", t0) - t0, 1e-9)
+    ok = (d_s.get("rc") == 0 and d_r.get("rc") == 0
+          and (got == size if curl else size <= got <= size + 65536))
+    rec = dict(fig="client", server="tubes", mode=a.mode, tag=a.tag, ok=ok, size=size,
+               delivered=got, wall=wall, mbps=size / wall / 1e6 if ok else 0,
+               sender_rc=d_s.get("rc"), receiver_rc=d_r.get("rc"),
+               sender_cpu=d_s.get("cpu", 0), receiver_cpu=d_r.get("cpu", 0),
+               sender_user=d_s.get("utime", 0), sender_sys=d_s.get("stime", 0),
+               receiver_user=d_r.get("utime", 0), receiver_sys=d_r.get("stime", 0),
+               sender_wall=d_s.get("end", t0) - t0, receiver_wall=d_r.get("end", t0) - t0,
+               server_cpu=cpu1 - cpu0, t_code=t_code)
+    if not ok:
+        rec["stderr"] = {k: d.lines[-3:] for k, d in drains.items()}
+    ours = rec["server_cpu"] + rec["sender_cpu"] + rec["receiver_cpu"]
+    rec["other_cores"] = max(0.0, (busy1 - busy0) - ours) / (time.perf_counter() - t0)
+    emit(a.out, **rec)
+    log(f"client {a.mode:5} {a.tag:4} {'ok ' if ok else 'FAIL'} {size / wall / 1e6:7.1f} MB/s "
+        f"({wall:.3f}s)  sender {rec['sender_user']:.2f}u+{rec['sender_sys']:.2f}s  "
+        f"receiver {rec['receiver_user']:.2f}u+{rec['receiver_sys']:.2f}s  "
+        f"server {rec['server_cpu']:.2f}s"
+        + (f"  code after {t_code:.3f}s" if t_code is not None else "")
+        + f"  (others {rec['other_cores']:.2f} cores)"
+        + ("" if ok else f"  rc {rec['sender_rc']}/{rec['receiver_rc']}, {got} of {size} bytes, "
+           f"stderr {rec.get('stderr')}"))
 
 
 # --------------------------------------------------------------- waiters
@@ -667,8 +803,16 @@ def cmd_report(a):
         return rs[-1] if rs else None
 
     rows = []  # (label, tubes, socat, npm, lower_is_better, target_text, verdict, nd)
+    # BENCH_ONLY: print only the figures that were asked for.
+    only = {f.strip() for f in (a.only or "").split(",") if f.strip()}
+    cur = ["1"]  # the figure whose rows are being added
+
+    def fig(n):
+        cur[0] = str(n)
 
     def row(label, t, s, n, target="", verdict=None, nd=2):
+        if only and cur[0] not in only:
+            return
         rows.append((label, t, s, n, target, verdict, nd))
 
     def verdict(ok):
@@ -690,10 +834,12 @@ def cmd_report(a):
     row("  same, curl -H 'Expect:' (no 100-continue)", med("tubes", "noexp", "mbps"), None,
         med("npm", "noexp", "mbps"), "info", nd=0)
     # 2. CPU per GiB
+    fig(2)
     t = med("tubes", "h1", "server_cpu", "size")
     row("2 server CPU s/GiB relayed", t, med("socat", "h1", "server_cpu", "size"),
         med("npm", "h1", "server_cpu", "size"), "<= 0.35", verdict(t <= 0.35) if num(t) else None)
     # 3. waiters
+    fig(3)
     wt, wn = one("waiters", "tubes"), one("waiters", "npm")
 
     def wv(w, f):
@@ -720,6 +866,7 @@ def cmd_report(a):
         wv(wn, lambda w: f"{w['count'] - w['opened']}/{w['answered']}"), "0/0",
         verdict(wt["count"] == wt["opened"] and wt["answered"] == 0) if wt else None)
     # 4. latency
+    fig(4)
     lt, ln = one("latency", "tubes"), one("latency", "npm")
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
         t, n = wv(lt, lambda r: r[key]), wv(ln, lambda r: r[key])
@@ -728,6 +875,7 @@ def cmd_report(a):
     row("  latency errors", wv(lt, lambda r: r["errors"]), None, wv(ln, lambda r: r["errors"]), "0",
         verdict(lt["errors"] == 0) if lt else None, 0)
     # 5. pairs
+    fig(5)
     pt, pn = one("pairs", "tubes"), one("pairs", "npm")
     t, n = wv(pt, lambda r: r["wall"]), wv(pn, lambda r: r["wall"])
     row(f"5 {pt['count'] if pt else ''} simultaneous pairs, wall s", t, None, n, "< npm",
@@ -737,12 +885,14 @@ def cmd_report(a):
     row("  pair errors", wv(pt, lambda r: r["errors"]), None, wv(pn, lambda r: r["errors"]), "0",
         verdict(pt["errors"] == 0) if pt else None, 0)
     # 6. fan-out
+    fig(6)
     row("6 n=3 fan-out MB/s per receiver", med("tubes", "n3", "mbps"), None, med("npm", "n3", "mbps"),
         "info", nd=0)
     t, n = med("tubes", "n3", "server_cpu", "delivered"), med("npm", "n3", "server_cpu", "delivered")
     row("  n=3 server CPU s/GiB delivered", t, None, n, "<= npm/4",
         verdict(t <= n / 4) if num(t) and num(n) else None)
     # 7. h2c
+    fig(7)
     t2, n2 = med("tubes", "h2c", "mbps"), med("npm", "h2c", "mbps")
     row("7 h2c upload MB/s (receiver h1)", t2, None, n2, "info", nd=0)
     row("  h1 upload MB/s (figure 1)", med("tubes", "h1", "mbps"), None, med("npm", "h1", "mbps"), "info", nd=0)
@@ -755,6 +905,7 @@ def cmd_report(a):
     row("  h2c server CPU s/GiB", med("tubes", "h2c", "server_cpu", "size"), None,
         med("npm", "h2c", "server_cpu", "size"), "info")
     # 8. TLS and HTTP/3 (Tubes only: the npm server has no TLS here, so '-')
+    fig(8)
     tls = med("tubes", "tls11", "mbps")
 
     def cores(mode):
@@ -803,6 +954,68 @@ def cmd_report(a):
             row("    UDP datagrams dropped: server socket / all",
                 drops(mode), None, None, "info")
 
+    # 9. the tubes client beside curl (Tubes column only; one tubes serve)
+    fig(9)
+
+    def crecs(mode, tag="big"):
+        return [r for r in recs if r["fig"] == "client" and r["mode"] == mode and r.get("tag", "big") == tag]
+
+    def cmed(mode, key, tag="big", per_gib=False):
+        rs = crecs(mode, tag)
+        good = [r for r in rs if r["ok"]]
+        if not good:
+            return "fail" if rs else None
+        f = (lambda r: r[key] / (r["size"] / GIB)) if per_gib else (lambda r: r[key])
+        return statistics.median(f(r) for r in good)
+
+    def cpair(mode, k1, k2, per_gib=True, nd=2):
+        x, y = cmed(mode, k1, per_gib=per_gib), cmed(mode, k2, per_gib=per_gib)
+        if not (num(x) or num(y)):
+            return x
+        return f"{fmt(x, nd)} / {fmt(y, nd)}"
+
+    if any(r["fig"] == "client" for r in recs):
+        size9 = next((r["size"] for r in recs if r["fig"] == "client" and r.get("tag", "big") == "big"), 0)
+        row(f"9 client: tubes send/recv beside curl ({size9 / (1 << 20):.0f} MiB, one tubes serve)",
+            "", "", "", "")
+        plain9 = cmed("plain", "mbps")
+        fig9 = (
+            ("curl", "(a) curl -T -> curl (figure 1's clients)", None, "info"),
+            ("plain", "(b) tubes send --path -> recv, plain", "curl", "info"),
+            ("code", "(c) tubes send (code) -> recv CODE, encrypted", "plain", ">= 0.75"),
+            ("pass", "(d) tubes --path --pass, encrypted, 2 x PBKDF2", "plain", ">= 0.75"),
+        )
+        for mode, label, versus, target in fig9:
+            if not crecs(mode):
+                continue
+            t = cmed(mode, "mbps")
+            row(f"  {label} MB/s", t, None, None, "info", nd=0)
+            if versus:
+                r9 = ratio(t, cmed(versus, "mbps")) if num(t) else None
+                row(f"    / {versus}", r9, None, None, target,
+                    verdict(r9 >= 0.75) if target == ">= 0.75" and num(r9) else None)
+                if versus == "plain":
+                    # The same with each mode's fixed cost (the 1 KiB
+                    # transfer's wall time) left out, for where the time goes.
+                    w, wt = cmed(mode, "wall"), cmed(mode, "wall", "tiny")
+                    pw, pwt = cmed("plain", "wall"), cmed("plain", "wall", "tiny")
+                    r9b = None
+                    if all(num(v) for v in (w, wt, pw, pwt)) and w > wt and pw > pwt:
+                        r9b = (pw - pwt) / (w - wt)
+                    row("    / plain, each 1 KiB transfer's wall time left out", r9b, None, None, "info")
+            tot = cmed(mode, "sender_cpu", per_gib=True)
+            rcv = cmed(mode, "receiver_cpu", per_gib=True)
+            row("    client CPU s/GiB, sender + receiver",
+                tot + rcv if num(tot) and num(rcv) else tot, None, None, "info")
+            row("      sender user / sys", cpair(mode, "sender_user", "sender_sys"), None, None, "info")
+            row("      receiver user / sys", cpair(mode, "receiver_user", "receiver_sys"), None, None, "info")
+            row("    server CPU s/GiB", cmed(mode, "server_cpu", per_gib=True), None, None, "info")
+            if crecs(mode, "tiny"):
+                row("    1 KiB transfer, wall s (fixed cost)", cmed(mode, "wall", "tiny"), None, None,
+                    "info", nd=3)
+            if mode == "code":
+                row("    code printed after, s", cmed(mode, "t_code"), None, None, "info", nd=3)
+
     # print
     head = ("figure", "Tubes", "socat", "npm", "T/socat", "T/npm", "target", "")
     table = [head]
@@ -822,12 +1035,17 @@ def cmd_report(a):
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths).rstrip())
-    other = [r["other_cores"] for r in recs if r["fig"] == "stream" and "other_cores" in r]
+    other = [r["other_cores"] for r in recs if r["fig"] in ("stream", "client") and "other_cores" in r]
     if other:
         o = statistics.median(other)
-        out.append(f"CPU used by other processes during the stream runs: median {o:.2f}, max {max(other):.2f} cores"
+        out.append(f"CPU used by other processes during the stream and client runs: median {o:.2f}, max {max(other):.2f} cores"
                    + ("  (busy machine: throughput figures are noisy)" if o > 0.15 else ""))
     failed = [r for r in recs if r["fig"] == "stream" and not r["ok"]]
+    failed9 = [r for r in recs if r["fig"] == "client" and not r["ok"]]
+    if failed9:
+        out.append("failed client runs (figure 9): " + ", ".join(
+            f"{r['mode']}/{r.get('tag')} (sender rc {r.get('sender_rc')}, receiver rc {r.get('receiver_rc')}, "
+            f"{r['delivered']} of {r['size']} bytes)" for r in failed9))
     if failed:
         out.append("failed stream runs: " + ", ".join(
             f"{r['server']}/{r['mode']} (sender rc {r.get('sender_rc')}, receivers {r.get('receiver_rc')}, "
@@ -846,15 +1064,20 @@ def main():
     fp = sub.add_parser("freeport")
     fp.add_argument("--udp", action="store_true", help="free over UDP too (HTTPS + HTTP/3)")
     w = sub.add_parser("waitport"); w.add_argument("port", type=int); w.add_argument("timeout", type=float)
-    for name in ("stream", "socat", "waiters", "latency", "pairs"):
+    for name in ("stream", "socat", "client", "waiters", "latency", "pairs"):
         q = sub.add_parser(name)
         q.add_argument("--out", required=True)
         q.add_argument("--server", default="socat")
         q.add_argument("--port", type=int)
         q.add_argument("--pid", type=int)
         q.add_argument("--max-time", type=float, default=120)
-        if name in ("stream", "socat"):
+        if name in ("stream", "socat", "client"):
             q.add_argument("--file", required=True)
+        if name == "client":
+            q.add_argument("--mode", required=True, choices=CLIENT_MODES)
+            q.add_argument("--tag", default="big", help="big (throughput) or tiny (fixed cost)")
+            q.add_argument("--tubes", required=True, help="path of the tubes binary")
+            q.add_argument("--passphrase", default="bench-passphrase")
         if name == "stream":
             q.add_argument("--n", type=int, default=1)
             q.add_argument("--h2c", action="store_true")
@@ -873,6 +1096,7 @@ def main():
         if name == "waiters":
             q.add_argument("--settle", type=float, default=12)
     r = sub.add_parser("report"); r.add_argument("--out", required=True); r.add_argument("--meta")
+    r.add_argument("--only", default="", help="comma-separated figure numbers to print (default all)")
     a = p.parse_args()
     # Die of the signal itself on Ctrl-C or SIGTERM, so that run.sh (bash)
     # sees it and stops too; children die with us (PR_SET_PDEATHSIG).

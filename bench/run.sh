@@ -2,6 +2,7 @@
 # Benchmark Tubes beside a raw TCP relay (socat) and the npm piping-server.
 # Usage: bench/run.sh            (defaults: 1 GiB streams, 10,000 waiters)
 #        BENCH_GIB=0.25 BENCH_WAITERS=2000 BENCH_REPS=1 bench/run.sh   (quick)
+#        BENCH_ONLY=9 bench/run.sh   (only figure 9; a list works too: BENCH_ONLY=1,9)
 # See bench/README.md. Scratch files go to bench/out/.
 set -euo pipefail
 
@@ -20,17 +21,33 @@ BENCH_SOCAT_BUF=${BENCH_SOCAT_BUF:-65536} # socat -b (curl's upload buffer is 64
 BENCH_MAX_TIME=${BENCH_MAX_TIME:-120} # bound on any one transfer, seconds
 BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BENCH_H3_THREADS=${BENCH_H3_THREADS:-1} # runtime threads of the h3 client (figure 8)
+BENCH_ONLY=${BENCH_ONLY:-}           # comma-separated figure numbers to run (default: all)
 # Extra flags for `tubes serve`, e.g. BENCH_TUBES_ARGS="--threads 1".
 read -r -a TUBES_ARGS <<< "${BENCH_TUBES_ARGS:-}"
 
 log() { printf '== %s\n' "$*" >&2; }
+# want N...: true if any of these figures is to be run (BENCH_ONLY empty: all).
+want() {
+    local f
+    [[ -z $BENCH_ONLY ]] && return 0
+    for f in "$@"; do [[ ",${BENCH_ONLY// /}," == *",$f,"* ]] && return 0; done
+    return 1
+}
+if [[ -n $BENCH_ONLY && ! $BENCH_ONLY =~ ^[1-9]([[:space:]]*,[[:space:]]*[1-9])*$ ]]; then
+    printf 'BENCH_ONLY=%s: give figure numbers 1-9, comma-separated\n' "$BENCH_ONLY" >&2
+    exit 2
+fi
+NEED_NPM=0; want 1 2 3 4 5 6 7 && NEED_NPM=1
+NEED_FILE=0; want 1 2 6 7 8 && NEED_FILE=1
 # A measurement that breaks is logged and left out of the table; the run goes on.
 measure() { "${PY[@]}" "$@" || log "measurement failed (exit $?): $1 ${*:2}"; }
 
 # ------------------------------------------------------------ cleanup
 SERVER_PIDS=()
+CLIENT_DIR= # figure 9's temporary data files (in /dev/shm or /tmp)
 cleanup() {
     local pid
+    if [[ -n $CLIENT_DIR ]]; then rm -rf -- "$CLIENT_DIR"; CLIENT_DIR=; fi
     for pid in "${SERVER_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -50,21 +67,23 @@ missing=()
 command -v socat >/dev/null || missing+=(socat)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
-command -v npm >/dev/null || missing+=(nodejs npm)
+((NEED_NPM)) && { command -v npm >/dev/null || missing+=(nodejs npm); }
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [[ ! -x $ROOT/tests/js/node_modules/.bin/piping-server ]]; then
+if ((NEED_NPM)) && [[ ! -x $ROOT/tests/js/node_modules/.bin/piping-server ]]; then
     log "npm ci --prefix tests/js"
     npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund >&2
 fi
 if [[ $BENCH_SKIP_BUILD != 1 ]]; then
     log "cargo build --release"
     (cd "$ROOT" && cargo build --release --quiet)
-    log "cargo build --release --example h3_client"
-    (cd "$ROOT" && cargo build --release --quiet --example h3_client)
+    if want 8; then
+        log "cargo build --release --example h3_client"
+        (cd "$ROOT" && cargo build --release --quiet --example h3_client)
+    fi
 fi
 TUBES=$ROOT/target/release/tubes
 H3_CLIENT=$ROOT/target/release/examples/h3_client
@@ -84,24 +103,31 @@ fi
 mkdir -p "$OUT"
 MIB=$(python3 -c "print(max(1, round(float('$BENCH_GIB') * 1024)))")
 FILE=$OUT/data-${MIB}MiB.bin
-if [[ ! -f $FILE || $(stat -c %s "$FILE") -ne $((MIB << 20)) ]]; then
-    log "creating $FILE"
-    dd if=/dev/urandom of="$FILE.tmp" bs=1M count="$MIB" status=none
-    mv "$FILE.tmp" "$FILE"
+if ((NEED_FILE)); then
+    if [[ ! -f $FILE || $(stat -c %s "$FILE") -ne $((MIB << 20)) ]]; then
+        log "creating $FILE"
+        dd if=/dev/urandom of="$FILE.tmp" bs=1M count="$MIB" status=none
+        mv "$FILE.tmp" "$FILE"
+    fi
+    cat "$FILE" >/dev/null # into the page cache
 fi
-cat "$FILE" >/dev/null # into the page cache
 
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 rm -f "$OUT"/tubes-*.log "$OUT"/npm-*.log # server logs of earlier runs
 python3 - "$OUT/meta.json" <<EOF
 import json, sys, subprocess
-v = lambda *c: subprocess.run(c, capture_output=True, text=True).stdout.strip().splitlines()[0]
+def v(*c):
+    try:
+        return subprocess.run(c, capture_output=True, text=True).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
 json.dump({"file": "$MIB MiB", "reps": $BENCH_REPS, "waiters": $BENCH_WAITERS,
            "tubes": v("git", "-C", "$ROOT", "describe", "--always", "--dirty"),
-           "npm piping-server": v("$NPM_SERVER", "--version"),
+           "npm piping-server": v("$NPM_SERVER", "--version") if $NEED_NPM else "(not run)",
            "curl": v("curl", "--version").split()[1], "socat -b": $BENCH_SOCAT_BUF,
-           "tubes args": "${BENCH_TUBES_ARGS:-}" or "(none)", "h3_client threads": $BENCH_H3_THREADS},
+           "tubes args": "${BENCH_TUBES_ARGS:-}" or "(none)", "h3_client threads": $BENCH_H3_THREADS,
+           **({"figures": "$BENCH_ONLY"} if "$BENCH_ONLY" else {})},
           open(sys.argv[1], "w"))
 EOF
 
@@ -141,7 +167,7 @@ stop_server() {
 T0=$SECONDS
 
 # 3. memory per waiting receiver, each on a fresh server
-for kind in tubes npm; do
+want 3 && for kind in tubes npm; do
     log "3. $BENCH_WAITERS waiting receivers on a fresh $kind"
     start_server "$kind"
     measure waiters --out "$RESULTS" --server "$kind" --port "$PORT" --pid "$PID" \
@@ -149,8 +175,12 @@ for kind in tubes npm; do
     stop_server "$PID"
 done
 
-start_server tubes tls; TPORT=$PORT TPID=$PID TTLSPORT=$TLSPORT
-start_server npm; NPORT=$PORT NPID=$PID
+if want 1 2 4 5 6 7 8 9; then
+    start_server tubes tls; TPORT=$PORT TPID=$PID TTLSPORT=$TLSPORT
+fi
+if want 1 2 4 5 6 7; then
+    start_server npm; NPORT=$PORT NPID=$PID
+fi
 
 stream() { # KIND MODE [extra args]
     local kind=$1 mode=$2
@@ -166,29 +196,29 @@ stream() { # KIND MODE [extra args]
 }
 
 # 1 + 2. single stream, repetitions interleaved so that drift hits all alike
-log "1+2. single stream, $MIB MiB, $BENCH_REPS reps: Tubes, socat relay, npm"
-for rep in $(seq "$BENCH_REPS"); do
+want 1 2 && log "1+2. single stream, $MIB MiB, $BENCH_REPS reps: Tubes, socat relay, npm"
+want 1 2 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes h1
     measure socat --out "$RESULTS" --file "$FILE" --buf "$BENCH_SOCAT_BUF" --max-time "$BENCH_MAX_TIME"
     stream npm h1
 done
-log "1b. the same without curl's Expect: 100-continue"
-for rep in $(seq "$BENCH_REPS"); do
+want 1 && log "1b. the same without curl's Expect: 100-continue"
+want 1 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes noexp --no-expect
     stream npm noexp --no-expect
 done
 
 # 6. fan-out
-log "6. n=3 fan-out, $BENCH_REPS reps"
-for rep in $(seq "$BENCH_REPS"); do
+want 6 && log "6. n=3 fan-out, $BENCH_REPS reps"
+want 6 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes n3 --n 3
     stream npm n3 --n 3
 done
 
 # 7. h2c upload (h1 upload is figure 1, same run)
-log "7. h2c upload, $BENCH_REPS reps"
+want 7 && log "7. h2c upload, $BENCH_REPS reps"
 npm_h2c=1
-for rep in $(seq "$BENCH_REPS"); do
+want 7 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes h2c --h2c
     if ((npm_h2c)); then
         stream npm h2c --h2c
@@ -198,13 +228,13 @@ for rep in $(seq "$BENCH_REPS"); do
 done
 
 # 8. TLS and HTTP/3 (plain HTTP/1.1 is figure 1); the npm server has no TLS here
-log "8. HTTP/1.1+TLS, h2+TLS, h3, $BENCH_REPS reps"
+want 8 && log "8. HTTP/1.1+TLS, h2+TLS, h3, $BENCH_REPS reps"
 have_h3=1
-if [[ ! -x $H3_CLIENT ]]; then
+if want 8 && [[ ! -x $H3_CLIENT ]]; then
     have_h3=0
     log "no $H3_CLIENT (BENCH_SKIP_BUILD=1?): h3 left out; cargo build --release --example h3_client"
 fi
-for rep in $(seq "$BENCH_REPS"); do
+want 8 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes tls11 --sender h1tls --receiver h1tls
     stream tubes tls2 --sender h2tls --receiver h2tls
     stream tubes tls2h1 --sender h2tls --receiver h1tls
@@ -214,18 +244,51 @@ for rep in $(seq "$BENCH_REPS"); do
     fi
 done
 
+# 9. the tubes client (send/recv) beside curl, through the same tubes serve
+if want 9; then
+    # A fresh file of random bytes, in RAM (/dev/shm) if there is room.
+    bytes9=$((MIB << 20))
+    tmpbase=/tmp
+    if [[ -d /dev/shm && -w /dev/shm ]] &&
+        (($(df -Pk /dev/shm | awk 'NR == 2 {print $4}') * 1024 > bytes9 + (256 << 20))); then
+        tmpbase=/dev/shm
+    fi
+    CLIENT_DIR=$(mktemp -d "$tmpbase/tubes-bench.XXXXXX")
+    FILE9=$CLIENT_DIR/data-${MIB}MiB.bin
+    TINY9=$CLIENT_DIR/tiny-1KiB.bin
+    log "9. client: tubes send/recv beside curl, $MIB MiB in $FILE9, $BENCH_REPS reps"
+    dd if=/dev/urandom of="$FILE9" bs=1M count="$MIB" status=none
+    head -c 1024 /dev/urandom >"$TINY9"
+    client() { # MODE FILE TAG
+        measure client --out "$RESULTS" --port "$TPORT" --pid "$TPID" --tubes "$TUBES" \
+            --mode "$1" --file "$2" --tag "$3" --max-time "$BENCH_MAX_TIME"
+    }
+    for rep in $(seq "$BENCH_REPS"); do
+        for mode in curl plain code pass; do client "$mode" "$FILE9" big; done
+    done
+    # The fixed cost of each mode (process start, key exchange, PBKDF2)
+    for rep in $(seq "$BENCH_REPS"); do
+        for mode in curl plain code pass; do client "$mode" "$TINY9" tiny; done
+    done
+    rm -rf -- "$CLIENT_DIR"; CLIENT_DIR=
+fi
+
 # 4. latency, 5. simultaneous pairs
 for kind in tubes npm; do
-    if [[ $kind == tubes ]]; then port=$TPORT; else port=$NPORT; fi
-    log "4. latency, $BENCH_LATENCY_N sequential 10-byte transfers: $kind"
-    measure latency --out "$RESULTS" --server "$kind" --port "$port" \
-        --count "$BENCH_LATENCY_N" --max-time 120
-    log "5. $BENCH_PAIRS simultaneous pairs: $kind"
-    measure pairs --out "$RESULTS" --server "$kind" --port "$port" \
-        --count "$BENCH_PAIRS" --max-time 60
+    if [[ $kind == tubes ]]; then port=${TPORT:-}; else port=${NPORT:-}; fi
+    if want 4; then
+        log "4. latency, $BENCH_LATENCY_N sequential 10-byte transfers: $kind"
+        measure latency --out "$RESULTS" --server "$kind" --port "$port" \
+            --count "$BENCH_LATENCY_N" --max-time 120
+    fi
+    if want 5; then
+        log "5. $BENCH_PAIRS simultaneous pairs: $kind"
+        measure pairs --out "$RESULTS" --server "$kind" --port "$port" \
+            --count "$BENCH_PAIRS" --max-time 60
+    fi
 done
 
 cleanup
 log "done in $((SECONDS - T0)) s of measuring; raw results in $RESULTS"
 echo
-"${PY[@]}" report --out "$RESULTS" --meta "$OUT/meta.json" | tee "$OUT/table.txt"
+"${PY[@]}" report --out "$RESULTS" --meta "$OUT/meta.json" --only "${BENCH_ONLY// /}" | tee "$OUT/table.txt"

@@ -7,13 +7,17 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: curl (real client), socat (the raw
 # relay reference in the benchmark), Node.js and npm (the reference server),
-# Chromium (the real browser of tests/browser.rs).
+# Chromium (the real browser of tests/browser.rs), `script` from bsdutils (a
+# pseudo-terminal for the progress bar in tests/client_interop.rs) and tar
+# (unpacks a folder the client sent, in the same file).
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v socat >/dev/null || need+=(socat)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v script >/dev/null || need+=(bsdutils)
+command -v tar >/dev/null || need+=(tar)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

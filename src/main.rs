@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tubes::client::config::{ConnectOptions, Connection, HttpVersion};
 use tubes::client::recv::{self, RecvOptions};
 use tubes::client::send::{self, SendOptions};
+use tubes::client::tunnel;
 use tubes::client::ClientError;
 use tubes::relay::{Relay, RelayConfig};
 use tubes::server::{self, ServeConfig};
@@ -38,6 +39,62 @@ enum Command {
     Send(SendArgs),
     /// Receive what was sent under a code or to a path.
     Recv(RecvArgs),
+    /// Carry TCP connections through the relay (SSH, VNC, databases...).
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// On the host with the service: connect each tunnelled connection to it.
+    Server {
+        /// Port of the service
+        #[arg(long, short = 'p')]
+        port: u16,
+        /// Host of the service
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        #[command(flatten)]
+        tunnel: TunnelArgs,
+    },
+    /// On the host that wants the service: listen locally (or use stdio).
+    Client {
+        /// Local port to listen on (0 picks a free one)
+        #[arg(long, short = 'p', default_value_t = 31376, conflicts_with = "stdio")]
+        port: u16,
+        /// Local address to listen on
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Carry one connection over stdin and stdout (an ssh ProxyCommand)
+        #[arg(long)]
+        stdio: bool,
+        /// Be a SOCKS5 proxy whose connections the `tubes tunnel socks` side
+        /// makes (needs --mux)
+        #[arg(long, requires = "mux")]
+        socks: bool,
+        #[command(flatten)]
+        tunnel: TunnelArgs,
+    },
+    /// On a host that can reach the targets: the far end of a SOCKS tunnel.
+    Socks {
+        #[command(flatten)]
+        tunnel: TunnelArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct TunnelArgs {
+    /// The tunnel's path (streams NAME/cs and NAME/sc), or with a second
+    /// path, the client-to-server path
+    path: String,
+    /// The server-to-client path (plain mode)
+    second_path: Option<String>,
+    /// Many connections at once, with heartbeats and reconnection (both
+    /// sides must use it)
+    #[arg(long)]
+    mux: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 /// How a client reaches the relay.
@@ -117,7 +174,8 @@ struct RecvArgs {
     /// The passphrase the sender used
     #[arg(long, env = "TUBES_PASS")]
     pass: Option<String>,
-    /// Replace existing files and folders
+    /// Replace existing files and folders (a file named by -o FILE is
+    /// always replaced, as with curl -o)
     #[arg(long, short = 'f')]
     force: bool,
     #[command(flatten)]
@@ -159,7 +217,7 @@ struct ServeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet_default = if matches!(cli.command, Command::Serve(_)) {
+    let quiet_default = if matches!(cli.command, Command::Serve(_) | Command::Tunnel(_)) {
         "info"
     } else {
         "warn"
@@ -203,6 +261,40 @@ fn main() -> std::process::ExitCode {
                 quiet: args.connect.quiet,
             };
             run_client(args.connect.options(), |conn| recv::recv(conn, options))
+        }
+        Command::Tunnel(command) => {
+            let (role, args) = match command {
+                TunnelCommand::Server { port, host, tunnel } => {
+                    (tunnel::Role::Server { host, port }, tunnel)
+                }
+                TunnelCommand::Client {
+                    port,
+                    host,
+                    stdio,
+                    socks,
+                    tunnel,
+                } => (
+                    tunnel::Role::Client {
+                        bind: host,
+                        port,
+                        stdio,
+                        socks,
+                    },
+                    tunnel,
+                ),
+                TunnelCommand::Socks { tunnel } => (tunnel::Role::Socks, tunnel),
+            };
+            let mux = args.mux || matches!(role, tunnel::Role::Socks);
+            let quiet = args.connect.quiet;
+            let options = tunnel::TunnelOptions {
+                role,
+                path: args.path,
+                second_path: args.second_path,
+                mux,
+            };
+            run_client(args.connect.options(), |conn| {
+                tunnel::run(conn, options, quiet)
+            })
         }
     }
 }

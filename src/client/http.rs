@@ -16,6 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const ERROR_BODY_MAX: usize = 300;
 
 /// A relay and the client that talks to it.
+#[derive(Clone)]
 pub struct Relay {
     client: reqwest::Client,
     conn: Connection,
@@ -58,12 +59,9 @@ impl Relay {
                 .http2_initial_stream_window_size(4 << 20)
                 .http2_initial_connection_window_size(8 << 20),
         };
-        let mut defaults = http::HeaderMap::new();
-        for (name, value) in &conn.headers {
-            defaults.append(name.clone(), value.clone());
-        }
+        // Headers go on each request: reqwest's default headers would keep
+        // only the last of several with one name.
         let client = builder
-            .default_headers(defaults)
             .build()
             .map_err(|e| ClientError::local("cannot set up the HTTP client", e))?;
         Ok(Self { client, conn })
@@ -79,6 +77,14 @@ impl Relay {
             url.query_pairs_mut().append_pair("n", &n.to_string());
         }
         url
+    }
+
+    /// Adds the configured headers (`-H`, the config file), repeats kept.
+    fn with_headers(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        for (name, value) in &self.conn.headers {
+            req = req.header(name.clone(), value.clone());
+        }
+        req
     }
 
     fn unreachable(&self, url: &reqwest::Url, e: &reqwest::Error) -> ClientError {
@@ -97,7 +103,7 @@ impl Relay {
         upload: Upload,
     ) -> Result<SenderLog, ClientError> {
         let url = self.url(path, upload.n);
-        let mut req = self.client.put(url.clone()).body(body);
+        let mut req = self.with_headers(self.client.put(url.clone())).body(body);
         if let Some(len) = upload.length {
             req = req.header(header::CONTENT_LENGTH, len);
         }
@@ -123,8 +129,7 @@ impl Relay {
     ) -> Result<reqwest::Response, ClientError> {
         let url = self.url(path, n);
         let response = self
-            .client
-            .get(url.clone())
+            .with_headers(self.client.get(url.clone()))
             .send()
             .await
             .map_err(|e| self.unreachable(&url, &e))?;
@@ -200,6 +205,25 @@ impl SenderLog {
         }
         Ok(())
     }
+}
+
+/// Reads a whole response of at most `max` bytes: a control message.
+pub async fn read_message_at_most(
+    response: reqwest::Response,
+    max: usize,
+) -> Result<Bytes, ClientError> {
+    let mut stream = response.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ClientError::CutShort(error_chain(&e)))?;
+        buf.extend_from_slice(&chunk);
+        if buf.len() > max {
+            return Err(ClientError::CutShort(format!(
+                "a message of over {max} bytes"
+            )));
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Reads exactly `len` bytes from a response: a key-exchange message.

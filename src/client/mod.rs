@@ -11,6 +11,7 @@
 //! - [`archive`]: folders as tar streams, unpacked without escaping.
 //! - [`progress`]: the progress bar on stderr.
 //! - [`send`], [`recv`]: the two commands.
+//! - [`tunnel`]: `tubes tunnel`, TCP services through the relay.
 
 pub mod archive;
 pub mod code;
@@ -22,6 +23,7 @@ pub mod pipe;
 pub mod progress;
 pub mod recv;
 pub mod send;
+pub mod tunnel;
 
 use e2e::E2eError;
 

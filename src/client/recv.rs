@@ -275,11 +275,18 @@ fn sink(
             })
     };
     let target = match output {
-        Some(p) if p.is_dir() => p.join(name()?),
+        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {
+            fs::create_dir_all(p)
+                .map_err(|e| ClientError::local(format!("cannot create {}", p.display()), e))?;
+            p.join(name()?)
+        }
         Some(p) => p.to_path_buf(),
         None => PathBuf::from(name()?),
     };
-    if output.is_none() && !force && fs::symlink_metadata(&target).is_ok() {
+    // `-o FILE` names the file to write, as with curl; a name chosen from
+    // the sender's is never written over without --force.
+    let explicit_file = output.is_some_and(|p| p == target);
+    if !explicit_file && !force && fs::symlink_metadata(&target).is_ok() {
         return Err(ClientError::Local(format!(
             "{} already exists (use -o to choose another name, or --force)",
             target.display()

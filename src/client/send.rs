@@ -2,7 +2,7 @@
 //! under a fresh code, encrypted end to end unless sent plainly to a path.
 
 use std::fs;
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -47,6 +47,11 @@ enum Source {
 }
 
 fn describe(inputs: &[PathBuf]) -> Result<(Source, Meta), ClientError> {
+    if inputs.is_empty() && io::stdin().is_terminal() {
+        return Err(ClientError::Usage(
+            "nothing to send: name files or folders, or pipe data in (`-` reads a terminal)".into(),
+        ));
+    }
     let stdin = inputs.is_empty() || inputs.len() == 1 && inputs[0].as_os_str() == "-";
     if stdin {
         return Ok((Source::Stdin, Meta::stream()));
@@ -158,10 +163,16 @@ pub async fn send(conn: Connection, opts: SendOptions) -> Result<(), ClientError
             .await
             .map_err(|e| ClientError::local("key derivation failed", e))?;
             let extra = n.map(|n| format!(" -n {n}")).unwrap_or_default();
-            eprintln!(
+            let line = format!(
                 "On the other side, run:\n  {}",
                 recv_command(&conn, &format!("--path {path} --pass PASSPHRASE{extra}"))
             );
+            // A generated path must reach the user even with --quiet.
+            if opts.path.is_none() {
+                eprintln!("{line}");
+            } else {
+                feedback.say(line);
+            }
             (
                 path,
                 Protection::Sealed {
@@ -173,8 +184,9 @@ pub async fn send(conn: Connection, opts: SendOptions) -> Result<(), ClientError
         (Some(path), None) if !opts.encrypt => {
             let extra = n.map(|n| format!(" -n {n}")).unwrap_or_default();
             feedback.say(format!(
-                "On the other side, run:\n  {}",
-                recv_command(&conn, &format!("--path {path}{extra}"))
+                "On the other side, run:\n  {}\nor:\n  curl '{}' > FILE",
+                recv_command(&conn, &format!("--path {path}{extra}")),
+                relay.url(path, n)
             ));
             (path.clone(), Protection::Plain)
         }

@@ -1,0 +1,263 @@
+//! Multiplexed mode: any number of connections, each announced on the
+//! control path and carried by its own pair of framed streams. Both sides
+//! retry the relay with backoff, so a tunnel survives a relay restart: the
+//! connections open at that moment break (each with a reset), new ones
+//! work as soon as the relay is back.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::link::{drive, upload_framed, Ended, FramedDownload};
+use super::protocol::{connection_paths, control_path, Backoff, Frame, Open, MAX_CONTROL};
+use super::{connect_service, socks, Local};
+use crate::client::http::{read_message_at_most, Relay, Upload};
+use crate::client::ClientError;
+
+/// What the service side connects to for each announced connection.
+#[derive(Clone, Debug)]
+pub enum Service {
+    /// One fixed service (`--host`, `--port`).
+    Fixed(String, u16),
+    /// Whatever the client's SOCKS request names.
+    Socks,
+}
+
+/// The service side: takes announcements in a loop, forever.
+pub async fn serve(relay: Relay, path: String, service: Service) -> Result<(), ClientError> {
+    let control = control_path(&path);
+    let mut backoff = Backoff::default();
+    loop {
+        let message = match relay.receive(&control, None).await {
+            Ok(response) => read_message_at_most(response, MAX_CONTROL).await,
+            Err(e) => Err(e),
+        };
+        let open = match message {
+            Ok(raw) => {
+                backoff.reset();
+                match Open::parse(&raw) {
+                    Some(open) => open,
+                    None => {
+                        tracing::warn!("tunnel: ignored a malformed announcement");
+                        continue;
+                    }
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!("tunnel: {e}; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        tokio::spawn(accept_one(
+            relay.clone(),
+            path.clone(),
+            service.clone(),
+            open,
+        ));
+    }
+}
+
+/// Connects one announced connection to its service.
+async fn accept_one(relay: Relay, path: String, service: Service, open: Open) {
+    let (cs, sc) = connection_paths(&path, &open.id);
+    let target = match (&service, open.target) {
+        (Service::Fixed(host, port), None) => Ok((host.clone(), *port)),
+        (Service::Socks, Some(target)) => Ok(target),
+        (Service::Fixed(..), Some(_)) => {
+            Err("this tunnel serves one service, not SOCKS".to_owned())
+        }
+        (Service::Socks, None) => {
+            Err("this tunnel is a SOCKS tunnel: a target is needed".to_owned())
+        }
+    };
+    let stream = match target {
+        Ok(target) => connect_service(&target).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let stream = match stream {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::warn!(id = %open.id, "tunnel: {why}");
+            let refusal = Frame::Refused(why).to_bytes();
+            let upload = Upload {
+                length: Some(refusal.len() as u64),
+                ..Upload::default()
+            };
+            if let Ok(log) = relay.send(&sc, refusal.into(), upload).await {
+                let _ = log.finish().await;
+            }
+            return;
+        }
+    };
+    tracing::info!(id = %open.id, "tunnel: connection opened");
+    let (read, write) = stream.into_split();
+    let (cancel, cancelled) = watch::channel(false);
+    let up = upload_framed(&relay, &sc, read, Some(Frame::Opened), cancelled);
+    let down = async {
+        match FramedDownload::open(&relay, &cs).await {
+            Ok(download) => download.copy_to(write).await,
+            Err(e) => Ended::Broken(e.to_string()),
+        }
+    };
+    report(&open.id, drive(up, down, cancel).await);
+}
+
+fn report(id: &str, ended: Ended) {
+    match ended {
+        Ended::Clean => tracing::info!(%id, "tunnel: connection closed"),
+        Ended::Broken(why) => tracing::warn!(%id, "tunnel: connection broken: {why}"),
+    }
+}
+
+/// Announcements waiting to be posted, one at a time, with a way to tell
+/// the connection when its announcement was taken.
+type Announcements = mpsc::Sender<(Open, oneshot::Sender<()>)>;
+
+/// Posts announcements in order, retrying with backoff while the relay is
+/// away; an announcement is done when the service side has read it.
+async fn announcer(
+    relay: Relay,
+    control: String,
+    mut queue: mpsc::Receiver<(Open, oneshot::Sender<()>)>,
+) {
+    let mut backoff = Backoff::default();
+    while let Some((open, taken)) = queue.recv().await {
+        let line = open.encode();
+        loop {
+            if taken.is_closed() {
+                break; // the connection gave up
+            }
+            let upload = Upload {
+                length: Some(line.len() as u64),
+                ..Upload::default()
+            };
+            let sent = match relay.send(&control, line.clone().into(), upload).await {
+                Ok(log) => log.finish().await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    backoff.reset();
+                    let _ = taken.send(());
+                    break;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        "tunnel: announcing a connection: {e}; trying again in {delay:?}"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// The client side: every local connection (or SOCKS request) becomes an
+/// announced, multiplexed connection.
+pub async fn client(
+    relay: Relay,
+    path: String,
+    local: Local,
+    use_socks: bool,
+) -> Result<(), ClientError> {
+    let (queue, pending) = mpsc::channel(64);
+    tokio::spawn(announcer(relay.clone(), control_path(&path), pending));
+    let shared = Arc::new((relay, path, queue));
+    match local {
+        Local::Stdio => {
+            let (relay, path, queue) = &*shared;
+            let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+            match carry(relay, path, queue, io, None, false).await {
+                Ended::Clean => Ok(()),
+                Ended::Broken(why) => Err(ClientError::CutShort(why)),
+            }
+        }
+        Local::Listen(listener) => serve_local(listener, shared, use_socks).await,
+    }
+}
+
+async fn serve_local(
+    listener: TcpListener,
+    shared: Arc<(Relay, String, Announcements)>,
+    use_socks: bool,
+) -> Result<(), ClientError> {
+    loop {
+        let (mut stream, peer) = listener
+            .accept()
+            .await
+            .map_err(|e| ClientError::local("cannot accept a connection", e))?;
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let (relay, path, queue) = &*shared;
+            let target = if use_socks {
+                match socks::handshake(&mut stream).await {
+                    Ok(target) => Some(target),
+                    Err(e) => {
+                        tracing::info!(%peer, "socks: {e}");
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let ended = carry(relay, path, queue, stream, target, use_socks).await;
+            let id = peer.to_string();
+            report(&id, ended);
+        });
+    }
+}
+
+/// Announces one connection and carries it.
+/// With `socks`, the SOCKS client is answered once the far side has
+/// reached the target (or not).
+async fn carry<S>(
+    relay: &Relay,
+    path: &str,
+    queue: &Announcements,
+    mut stream: S,
+    target: Option<(String, u16)>,
+    socks: bool,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let id = format!("{:016x}", rand::thread_rng().gen::<u64>());
+    let (cs, sc) = connection_paths(path, &id);
+    let (taken, _announced) = oneshot::channel();
+    if queue.send((Open { id, target }, taken)).await.is_err() {
+        return Ended::Broken("the announcer stopped".into());
+    }
+    // The first frame of `sc` says whether the far side reached the
+    // service; only then does data flow.
+    let mut download = match FramedDownload::open(relay, &sc).await {
+        Ok(d) => d,
+        Err(e) => return Ended::Broken(e.to_string()),
+    };
+    let first = download.next().await;
+    let opened = match first {
+        Ok(Some(Frame::Opened)) => Ok(()),
+        Ok(Some(Frame::Refused(why))) => Err(why),
+        Ok(other) => Err(format!("unexpected first frame {other:?}")),
+        Err(e) => Err(e),
+    };
+    if socks {
+        let reply = socks::reply(opened.is_ok());
+        if let Err(e) = stream.write_all(&reply).await {
+            return Ended::Broken(format!("socks reply: {e}"));
+        }
+    }
+    if let Err(why) = opened {
+        return Ended::Broken(format!("the far side could not connect: {why}"));
+    }
+    let (read, write) = tokio::io::split(stream);
+    let (cancel, cancelled) = watch::channel(false);
+    let up = upload_framed(relay, &cs, read, None, cancelled);
+    drive(up, download.copy_to(write), cancel).await
+}
