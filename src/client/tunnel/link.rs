@@ -240,3 +240,62 @@ where
     }
     Ended::Clean
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn frame(rx: &mut mpsc::Receiver<io::Result<Bytes>>) -> Frame {
+        let bytes = rx.recv().await.expect("a frame").expect("no error");
+        let mut buf = BytesMut::from(&bytes[..]);
+        let f = Frame::decode(&mut buf).unwrap().expect("a whole frame");
+        assert!(buf.is_empty());
+        f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_uploads_send_heartbeats_then_data_then_end() {
+        let (mut local, socket) = tokio::io::duplex(1024);
+        let (_cancel, cancelled) = watch::channel(false);
+        let mut rx = frames_from(socket, Some(Frame::Opened), cancelled);
+        assert_eq!(frame(&mut rx).await, Frame::Opened);
+        let start = tokio::time::Instant::now();
+        assert_eq!(frame(&mut rx).await, Frame::Ping);
+        assert!(start.elapsed() >= HEARTBEAT);
+        assert_eq!(frame(&mut rx).await, Frame::Ping);
+        local.write_all(b"hi").await.unwrap();
+        assert_eq!(frame(&mut rx).await, Frame::Data(Bytes::from_static(b"hi")));
+        drop(local);
+        assert_eq!(frame(&mut rx).await, Frame::End);
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn cancel_sends_a_reset() {
+        let (_local, socket) = tokio::io::duplex(1024);
+        let (cancel, cancelled) = watch::channel(false);
+        let mut rx = frames_from(socket, None, cancelled);
+        cancel.send(true).unwrap();
+        assert!(matches!(frame(&mut rx).await, Frame::Reset(_)));
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_broken_download_cancels_the_upload_and_waits_for_its_reset() {
+        let (cancel, mut cancelled) = watch::channel(false);
+        let up = async move {
+            let _ = cancelled.wait_for(|c| *c).await;
+            Ended::Clean
+        };
+        let down = async { Ended::Broken("cut".into()) };
+        assert!(matches!(drive(up, down, cancel).await, Ended::Broken(_)));
+    }
+
+    #[tokio::test]
+    async fn both_clean_is_clean() {
+        let (cancel, _) = watch::channel(false);
+        let ended = drive(async { Ended::Clean }, async { Ended::Clean }, cancel).await;
+        assert!(matches!(ended, Ended::Clean));
+    }
+}

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{drive, upload_framed, Ended, FramedDownload};
-use super::protocol::{connection_paths, control_path, Backoff, Frame, Open, MAX_CONTROL};
+use super::protocol::{
+    connection_paths, control_path, Backoff, Frame, Open, MAX_CONTROL, OPEN_TIMEOUT,
+};
 use super::{connect_service, socks, Local};
 use crate::client::http::{read_message_at_most, Relay, Upload};
 use crate::client::ClientError;
@@ -99,9 +101,10 @@ async fn accept_one(relay: Relay, path: String, service: Service, open: Open) {
     let (cancel, cancelled) = watch::channel(false);
     let up = upload_framed(&relay, &sc, read, Some(Frame::Opened), cancelled);
     let down = async {
-        match FramedDownload::open(&relay, &cs).await {
-            Ok(download) => download.copy_to(write).await,
-            Err(e) => Ended::Broken(e.to_string()),
+        match tokio::time::timeout(OPEN_TIMEOUT, FramedDownload::open(&relay, &cs)).await {
+            Ok(Ok(download)) => download.copy_to(write).await,
+            Ok(Err(e)) => Ended::Broken(e.to_string()),
+            Err(_) => Ended::Broken("the client never opened its stream".into()),
         }
     };
     report(&open.id, drive(up, down, cancel).await);

@@ -33,6 +33,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The longest wait between tries.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long the service side waits for the client to open its stream of
+/// an announced connection (it may have given up meanwhile).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server may take to connect to the service.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
