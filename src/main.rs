@@ -93,6 +93,13 @@ struct TunnelArgs {
     /// sides must use it)
     #[arg(long)]
     mux: bool,
+    /// Encrypt end to end with this passphrase (both sides give it)
+    #[arg(long, env = "TUBES_PASS")]
+    pass: Option<String>,
+    /// Encrypt end to end with a generated passphrase, printed in the
+    /// other side's command
+    #[arg(long, conflicts_with = "pass")]
+    encrypt: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -291,6 +298,8 @@ fn main() -> std::process::ExitCode {
                 path: args.path,
                 second_path: args.second_path,
                 mux,
+                pass: args.pass,
+                encrypt: args.encrypt,
             };
             run_client(args.connect.options(), |conn| {
                 tunnel::run(conn, options, quiet)

@@ -34,6 +34,11 @@ fn random_words(rng: &mut impl Rng, count: usize) -> Vec<&'static str> {
         .collect()
 }
 
+/// `count` random words joined by `-` (a passphrase, a path).
+pub fn random_phrase(count: usize) -> String {
+    random_words(&mut rand::thread_rng(), count).join("-")
+}
+
 impl Code {
     /// A fresh code with a nameplate, for `tubes send` without `--path`.
     pub fn generate() -> Self {

@@ -4,6 +4,7 @@
 //! written to it.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -11,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::protocol::{Frame, HEARTBEAT, MAX_DATA};
+use super::seal::TunnelKey;
 use crate::client::http::{error_chain, Relay, Upload};
 use crate::client::ClientError;
 
@@ -25,14 +27,31 @@ pub enum Ended {
 
 /// Uploads what `reader` yields, as it is, to `path`; ends when the reader
 /// does (a clean end) or fails (the request aborts).
-pub async fn upload_raw<R>(relay: &Relay, path: &str, reader: R) -> Ended
+pub async fn upload_raw<R>(
+    relay: &Relay,
+    path: &str,
+    reader: R,
+    key: Option<&Arc<TunnelKey>>,
+) -> Ended
 where
     R: AsyncRead + Send + Unpin + 'static,
 {
     let body = tokio_util::io::ReaderStream::with_capacity(reader, MAX_DATA);
+    upload(relay, path, body, key).await
+}
+
+/// `PUT`s a body (sealed when there is a key) and reads the relay's log.
+async fn upload<S>(relay: &Relay, path: &str, body: S, key: Option<&Arc<TunnelKey>>) -> Ended
+where
+    S: futures_util::Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let body = match key {
+        Some(key) => reqwest::Body::wrap_stream(key.seal(path, body)),
+        None => reqwest::Body::wrap_stream(body),
+    };
     let result = async {
         relay
-            .send(path, reqwest::Body::wrap_stream(body), Upload::default())
+            .send(path, body, Upload::default())
             .await?
             .finish()
             .await
@@ -44,27 +63,51 @@ where
     }
 }
 
+/// A response body as plaintext chunks: opened when there is a key.
+fn plaintext(response: reqwest::Response, path: &str, key: Option<&Arc<TunnelKey>>) -> Plaintext {
+    let body = response
+        .bytes_stream()
+        .map(|r| r.map_err(|e| error_chain(&e)));
+    match key {
+        Some(key) => key.open(path, body).boxed(),
+        None => body.boxed(),
+    }
+}
+
+/// Plaintext chunks of a download, or the reason it broke.
+type Plaintext = futures_util::stream::BoxStream<'static, Result<Bytes, String>>;
+
 /// Downloads `path` into `writer`, then shuts the writer down.
-pub async fn download_raw<W>(relay: &Relay, path: &str, writer: W) -> Ended
+pub async fn download_raw<W>(
+    relay: &Relay,
+    path: &str,
+    writer: W,
+    key: Option<&Arc<TunnelKey>>,
+) -> Ended
 where
     W: AsyncWrite + Unpin,
 {
     match relay.receive(path, None).await {
-        Ok(response) => copy_response(response, writer).await,
+        Ok(response) => copy_response(response, path, writer, key).await,
         Err(e) => Ended::Broken(e.to_string()),
     }
 }
 
 /// Copies a response's body into `writer`, then shuts the writer down.
-pub async fn copy_response<W>(response: reqwest::Response, mut writer: W) -> Ended
+pub async fn copy_response<W>(
+    response: reqwest::Response,
+    path: &str,
+    mut writer: W,
+    key: Option<&Arc<TunnelKey>>,
+) -> Ended
 where
     W: AsyncWrite + Unpin,
 {
-    let mut body = response.bytes_stream();
+    let mut body = plaintext(response, path, key);
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(c) => c,
-            Err(e) => return Ended::Broken(error_chain(&e)),
+            Err(e) => return Ended::Broken(e),
         };
         if let Err(e) = writer.write_all(&chunk).await {
             return Ended::Broken(format!("local write: {e}"));
@@ -125,6 +168,7 @@ pub async fn upload_framed<R>(
     reader: R,
     first: Option<Frame>,
     cancel: watch::Receiver<bool>,
+    key: Option<&Arc<TunnelKey>>,
 ) -> Ended
 where
     R: AsyncRead + Send + Unpin + 'static,
@@ -133,32 +177,25 @@ where
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    let result = async {
-        relay
-            .send(path, reqwest::Body::wrap_stream(body), Upload::default())
-            .await?
-            .finish()
-            .await
-    }
-    .await;
-    match result {
-        Ok(()) => Ended::Clean,
-        Err(e) => Ended::Broken(e.to_string()),
-    }
+    upload(relay, path, body.boxed(), key).await
 }
 
 /// A framed download after its first frame was read.
 pub struct FramedDownload {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: Plaintext,
     buf: BytesMut,
 }
 
 impl FramedDownload {
     /// Starts receiving `path`; returns once the other side is sending.
-    pub async fn open(relay: &Relay, path: &str) -> Result<Self, ClientError> {
+    pub async fn open(
+        relay: &Relay,
+        path: &str,
+        key: Option<&Arc<TunnelKey>>,
+    ) -> Result<Self, ClientError> {
         let response = relay.receive(path, None).await?;
         Ok(Self {
-            body: response.bytes_stream().boxed(),
+            body: plaintext(response, path, key),
             buf: BytesMut::new(),
         })
     }
@@ -171,7 +208,7 @@ impl FramedDownload {
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(error_chain(&e)),
+                Some(Err(e)) => return Err(e),
                 None => return Ok(None),
             }
         }

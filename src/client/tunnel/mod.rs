@@ -9,11 +9,13 @@
 //! - [`mux`]: many connections, framed, announced on a control path, with
 //!   heartbeats and reconnection.
 //! - [`socks`]: the SOCKS5 front of a SOCKS tunnel.
+//! - [`seal`]: optional end-to-end encryption of the streams.
 
 pub mod link;
 pub mod mux;
 pub mod plain;
 pub mod protocol;
+pub mod seal;
 pub mod socks;
 
 use std::net::SocketAddr;
@@ -82,6 +84,10 @@ pub struct TunnelOptions {
     /// A second path (plain mode: server to client).
     pub second_path: Option<String>,
     pub mux: bool,
+    /// Encrypt the streams with this passphrase (both sides give it).
+    pub pass: Option<String>,
+    /// Generate a passphrase (printed in the other side's command).
+    pub encrypt: bool,
 }
 
 /// Connects to the service (or a SOCKS target) with a timeout.
@@ -103,6 +109,13 @@ fn instructions(conn: &Connection, opts: &TunnelOptions, local: Option<SocketAdd
     if conn.insecure {
         flags.push_str(" -k");
     }
+    // A generated passphrase is shown; one the user chose is not echoed.
+    let encrypted = opts.pass.is_some();
+    match (&opts.pass, opts.encrypt) {
+        (Some(pass), true) => flags.push_str(&format!(" --pass {pass}")),
+        (Some(_), false) => flags.push_str(" --pass PASSPHRASE"),
+        _ => {}
+    }
     let paths = match &opts.second_path {
         Some(second) => format!("{} {second}", opts.path),
         None => opts.path.clone(),
@@ -119,7 +132,7 @@ fn instructions(conn: &Connection, opts: &TunnelOptions, local: Option<SocketAdd
             let mut text = format!(
                 "On the host that wants the service, run:\n  tubes tunnel client --port {port}{mode} {paths}{flags}"
             );
-            if !opts.mux && matches!(opts.role, Role::Server { .. }) {
+            if !opts.mux && !encrypted && matches!(opts.role, Role::Server { .. }) {
                 text.push_str(&format!(
                     "\nor, with curl and socat only:\n  socat TCP-LISTEN:{port},reuseaddr 'EXEC:curl -NsS{curl_k} {base}/{}!!EXEC:curl -NsS{curl_k}T - {base}/{}'",
                     p.sc, p.cs
@@ -138,7 +151,7 @@ fn instructions(conn: &Connection, opts: &TunnelOptions, local: Option<SocketAdd
                 let mut text = format!(
                     "{listening}On the host with the service, run:\n  tubes tunnel server --port PORT{mode} {paths}{flags}"
                 );
-                if !opts.mux {
+                if !opts.mux && !encrypted {
                     text.push_str(&format!(
                         "\nor, with curl and socat only:\n  curl -NsS{curl_k} {base}/{} | socat - TCP:localhost:PORT | curl -NsS{curl_k}T - {base}/{}",
                         p.cs, p.sc
@@ -165,6 +178,22 @@ pub async fn run(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(
         _ => None,
     };
     let local_addr = local.as_ref().and_then(|l| l.local_addr().ok());
+    let mut opts = opts;
+    if opts.encrypt && opts.pass.is_none() {
+        opts.pass = Some(seal::generate_passphrase());
+    }
+    let opts = opts;
+    let key = match opts.pass.clone() {
+        Some(pass) => {
+            let path = opts.path.clone();
+            let key =
+                tokio::task::spawn_blocking(move || seal::TunnelKey::from_passphrase(&pass, &path))
+                    .await
+                    .map_err(|e| ClientError::local("key derivation failed", e))?;
+            Some(std::sync::Arc::new(key))
+        }
+        None => None,
+    };
     let stdio = matches!(opts.role, Role::Client { stdio: true, .. });
     if !quiet && !stdio {
         eprintln!("{}", instructions(&conn, &opts, local_addr));
@@ -174,19 +203,22 @@ pub async fn run(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(
         None => Local::Stdio,
     };
     match (opts.role, opts.mux) {
-        (Role::Socks, _) => mux::serve(relay, opts.path, mux::Service::Socks).await,
+        (Role::Socks, _) => mux::serve(relay, opts.path, mux::Service::Socks, key).await,
         (Role::Server { host, port }, true) => {
-            mux::serve(relay, opts.path, mux::Service::Fixed(host, port)).await
+            mux::serve(relay, opts.path, mux::Service::Fixed(host, port), key).await
         }
         (Role::Server { host, port }, false) => {
             plain::serve(
                 relay,
                 Paths::new(&opts.path, opts.second_path.as_deref()),
                 (host, port),
+                key,
             )
             .await
         }
-        (Role::Client { socks, .. }, true) => mux::client(relay, opts.path, local, socks).await,
+        (Role::Client { socks, .. }, true) => {
+            mux::client(relay, opts.path, local, socks, key).await
+        }
         (Role::Client { socks: true, .. }, false) => {
             Err(ClientError::Usage("--socks needs --mux".into()))
         }
@@ -195,6 +227,7 @@ pub async fn run(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(
                 relay,
                 Paths::new(&opts.path, opts.second_path.as_deref()),
                 local,
+                key,
             )
             .await
         }

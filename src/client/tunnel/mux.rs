@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -15,6 +16,7 @@ use super::link::{drive, upload_framed, Ended, FramedDownload};
 use super::protocol::{
     connection_paths, control_path, Backoff, Frame, Open, MAX_CONTROL, OPEN_TIMEOUT,
 };
+use super::seal::TunnelKey;
 use super::{connect_service, socks, Local};
 use crate::client::http::{read_message_at_most, Relay, Upload};
 use crate::client::ClientError;
@@ -29,13 +31,30 @@ pub enum Service {
 }
 
 /// The service side: takes announcements in a loop, forever.
-pub async fn serve(relay: Relay, path: String, service: Service) -> Result<(), ClientError> {
+pub async fn serve(
+    relay: Relay,
+    path: String,
+    service: Service,
+    key: Option<Arc<TunnelKey>>,
+) -> Result<(), ClientError> {
     let control = control_path(&path);
     let mut backoff = Backoff::default();
     loop {
         let message = match relay.receive(&control, None).await {
             Ok(response) => read_message_at_most(response, MAX_CONTROL).await,
             Err(e) => Err(e),
+        };
+        let message = match (message, &key) {
+            (Ok(raw), Some(key)) => match key.open_message(&control, &raw) {
+                Ok(plain) => Ok(Bytes::from(plain)),
+                Err(e) => {
+                    tracing::warn!(
+                        "tunnel: an announcement failed to decrypt (wrong passphrase?): {e}"
+                    );
+                    continue;
+                }
+            },
+            (message, _) => message,
         };
         let open = match message {
             Ok(raw) => {
@@ -60,12 +79,20 @@ pub async fn serve(relay: Relay, path: String, service: Service) -> Result<(), C
             path.clone(),
             service.clone(),
             open,
+            key.clone(),
         ));
     }
 }
 
 /// Connects one announced connection to its service.
-async fn accept_one(relay: Relay, path: String, service: Service, open: Open) {
+async fn accept_one(
+    relay: Relay,
+    path: String,
+    service: Service,
+    open: Open,
+    key: Option<Arc<TunnelKey>>,
+) {
+    let key = key.as_ref();
     let (cs, sc) = connection_paths(&path, &open.id);
     let target = match (&service, open.target) {
         (Service::Fixed(host, port), None) => Ok((host.clone(), *port)),
@@ -99,9 +126,9 @@ async fn accept_one(relay: Relay, path: String, service: Service, open: Open) {
     tracing::info!(id = %open.id, "tunnel: connection opened");
     let (read, write) = stream.into_split();
     let (cancel, cancelled) = watch::channel(false);
-    let up = upload_framed(&relay, &sc, read, Some(Frame::Opened), cancelled);
+    let up = upload_framed(&relay, &sc, read, Some(Frame::Opened), cancelled, key);
     let down = async {
-        match tokio::time::timeout(OPEN_TIMEOUT, FramedDownload::open(&relay, &cs)).await {
+        match tokio::time::timeout(OPEN_TIMEOUT, FramedDownload::open(&relay, &cs, key)).await {
             Ok(Ok(download)) => download.copy_to(write).await,
             Ok(Err(e)) => Ended::Broken(e.to_string()),
             Err(_) => Ended::Broken("the client never opened its stream".into()),
@@ -117,6 +144,14 @@ fn report(id: &str, ended: Ended) {
     }
 }
 
+/// What every local connection of a client needs.
+struct Shared {
+    relay: Relay,
+    path: String,
+    queue: Announcements,
+    key: Option<Arc<TunnelKey>>,
+}
+
 /// Announcements waiting to be posted, one at a time, with a way to tell
 /// the connection when its announcement was taken.
 type Announcements = mpsc::Sender<(Open, oneshot::Sender<()>)>;
@@ -127,10 +162,20 @@ async fn announcer(
     relay: Relay,
     control: String,
     mut queue: mpsc::Receiver<(Open, oneshot::Sender<()>)>,
+    key: Option<Arc<TunnelKey>>,
 ) {
     let mut backoff = Backoff::default();
     while let Some((open, taken)) = queue.recv().await {
-        let line = open.encode();
+        let line = match &key {
+            Some(key) => match key.seal_message(&control, open.encode().as_bytes()) {
+                Ok(sealed) => Bytes::from(sealed),
+                Err(e) => {
+                    tracing::warn!("tunnel: cannot seal an announcement: {e}");
+                    continue;
+                }
+            },
+            None => Bytes::from(open.encode()),
+        };
         loop {
             if taken.is_closed() {
                 break; // the connection gave up
@@ -168,15 +213,31 @@ pub async fn client(
     path: String,
     local: Local,
     use_socks: bool,
+    key: Option<Arc<TunnelKey>>,
 ) -> Result<(), ClientError> {
     let (queue, pending) = mpsc::channel(64);
-    tokio::spawn(announcer(relay.clone(), control_path(&path), pending));
-    let shared = Arc::new((relay, path, queue));
+    tokio::spawn(announcer(
+        relay.clone(),
+        control_path(&path),
+        pending,
+        key.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        relay,
+        path,
+        queue,
+        key,
+    });
     match local {
         Local::Stdio => {
-            let (relay, path, queue) = &*shared;
+            let Shared {
+                relay,
+                path,
+                queue,
+                key,
+            } = &*shared;
             let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-            match carry(relay, path, queue, io, None, false).await {
+            match carry(relay, path, queue, io, None, false, key.as_ref()).await {
                 Ended::Clean => Ok(()),
                 Ended::Broken(why) => Err(ClientError::CutShort(why)),
             }
@@ -187,7 +248,7 @@ pub async fn client(
 
 async fn serve_local(
     listener: TcpListener,
-    shared: Arc<(Relay, String, Announcements)>,
+    shared: Arc<Shared>,
     use_socks: bool,
 ) -> Result<(), ClientError> {
     loop {
@@ -198,7 +259,12 @@ async fn serve_local(
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let (relay, path, queue) = &*shared;
+            let Shared {
+                relay,
+                path,
+                queue,
+                key,
+            } = &*shared;
             let target = if use_socks {
                 match socks::handshake(&mut stream).await {
                     Ok(target) => Some(target),
@@ -210,7 +276,7 @@ async fn serve_local(
             } else {
                 None
             };
-            let ended = carry(relay, path, queue, stream, target, use_socks).await;
+            let ended = carry(relay, path, queue, stream, target, use_socks, key.as_ref()).await;
             let id = peer.to_string();
             report(&id, ended);
         });
@@ -227,6 +293,7 @@ async fn carry<S>(
     mut stream: S,
     target: Option<(String, u16)>,
     socks: bool,
+    key: Option<&Arc<TunnelKey>>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -239,7 +306,7 @@ where
     }
     // The first frame of `sc` says whether the far side reached the
     // service; only then does data flow.
-    let mut download = match FramedDownload::open(relay, &sc).await {
+    let mut download = match FramedDownload::open(relay, &sc, key).await {
         Ok(d) => d,
         Err(e) => return Ended::Broken(e.to_string()),
     };
@@ -261,6 +328,6 @@ where
     }
     let (read, write) = tokio::io::split(stream);
     let (cancel, cancelled) = watch::channel(false);
-    let up = upload_framed(relay, &cs, read, None, cancelled);
+    let up = upload_framed(relay, &cs, read, None, cancelled, key);
     drive(up, download.copy_to(write), cancel).await
 }

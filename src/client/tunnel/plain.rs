@@ -1,17 +1,26 @@
 //! Plain mode: one TCP connection at a time over `PATH/cs` and `PATH/sc`,
 //! raw bytes, so that either side may be `curl | socat | curl`.
 
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream};
 
 use super::link::{download_raw, upload_raw, Ended};
 use super::protocol::Backoff;
+use super::seal::TunnelKey;
 use super::{connect_service, Local, Paths};
 use crate::client::http::Relay;
 use crate::client::ClientError;
 
 /// The service side: for each connection the client opens, connect to the
 /// service and join the two.
-pub async fn serve(relay: Relay, paths: Paths, service: (String, u16)) -> Result<(), ClientError> {
+pub async fn serve(
+    relay: Relay,
+    paths: Paths,
+    service: (String, u16),
+    key: Option<Arc<TunnelKey>>,
+) -> Result<(), ClientError> {
+    let key = key.as_ref();
     let mut backoff = Backoff::default();
     loop {
         // Wait for the client's bytes before touching the service.
@@ -36,8 +45,8 @@ pub async fn serve(relay: Relay, paths: Paths, service: (String, u16)) -> Result
         };
         tracing::info!("tunnel: connection opened");
         let (read, write) = stream.into_split();
-        let up = upload_raw(&relay, &paths.sc, read);
-        let down = super::link::copy_response(response, write);
+        let up = upload_raw(&relay, &paths.sc, read, key);
+        let down = super::link::copy_response(response, &paths.cs, write, key);
         let (cancel, _) = tokio::sync::watch::channel(false);
         report(super::link::drive(up, down, cancel).await);
     }
@@ -52,11 +61,17 @@ fn report(ended: Ended) {
 
 /// The client side: each local connection in turn is carried to the
 /// service side.
-pub async fn client(relay: Relay, paths: Paths, local: Local) -> Result<(), ClientError> {
+pub async fn client(
+    relay: Relay,
+    paths: Paths,
+    local: Local,
+    key: Option<Arc<TunnelKey>>,
+) -> Result<(), ClientError> {
+    let key = key.as_ref();
     match local {
         Local::Stdio => {
-            let up = upload_raw(&relay, &paths.cs, tokio::io::stdin());
-            let down = download_raw(&relay, &paths.sc, tokio::io::stdout());
+            let up = upload_raw(&relay, &paths.cs, tokio::io::stdin(), key);
+            let down = download_raw(&relay, &paths.sc, tokio::io::stdout(), key);
             let (cancel, _) = tokio::sync::watch::channel(false);
             match super::link::drive(up, down, cancel).await {
                 Ended::Clean => Ok(()),
@@ -66,7 +81,7 @@ pub async fn client(relay: Relay, paths: Paths, local: Local) -> Result<(), Clie
         Local::Listen(listener) => loop {
             let (stream, peer) = accept(&listener).await?;
             tracing::info!(%peer, "tunnel: connection accepted");
-            carry(&relay, &paths, stream).await;
+            carry(&relay, &paths, stream, key).await;
         },
     }
 }
@@ -78,11 +93,11 @@ async fn accept(listener: &TcpListener) -> Result<(TcpStream, std::net::SocketAd
         .map_err(|e| ClientError::local("cannot accept a connection", e))
 }
 
-async fn carry(relay: &Relay, paths: &Paths, stream: TcpStream) {
+async fn carry(relay: &Relay, paths: &Paths, stream: TcpStream, key: Option<&Arc<TunnelKey>>) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let up = upload_raw(relay, &paths.cs, read);
-    let down = download_raw(relay, &paths.sc, write);
+    let up = upload_raw(relay, &paths.cs, read, key);
+    let down = download_raw(relay, &paths.sc, write, key);
     let (cancel, _) = tokio::sync::watch::channel(false);
     report(super::link::drive(up, down, cancel).await);
 }
