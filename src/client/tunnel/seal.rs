@@ -229,10 +229,28 @@ mod tests {
         assert_eq!(k.open_message("t/mux", &sealed).unwrap(), b"open ab");
         let other = TunnelKey { secret: [6; 32] };
         assert!(other.open_message("t/mux", &sealed).is_err());
-        assert!(k
-            .open_message("t/mux", &sealed[..sealed.len() - 1].iter().cloned()
-                .map(Ok::<_, String>),
+        let cut = &sealed[..sealed.len() - 1];
+        assert!(k.open_message("t/mux", cut).is_err());
+    }
+
+    #[tokio::test]
+    async fn sealed_streams_round_trip() {
+        assert_eq!(
+            round_trip(vec![b"hello ", b"", b"world"]).await,
+            b"hello world"
         );
+        assert_eq!(round_trip(vec![]).await, b"");
+    }
+
+    #[tokio::test]
+    async fn truncation_and_wrong_path_fail() {
+        let k = key();
+        let input = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"data"))]);
+        let sealed: Vec<Bytes> = k.seal("t/cs", input).map(|r| r.unwrap()).collect().await;
+        // Everything but the final record.
+        let mut all_but_last = sealed.clone();
+        all_but_last.pop();
+        let cut = futures_util::stream::iter(all_but_last.into_iter().map(Ok::<_, String>));
         let got: Vec<Result<Bytes, String>> = k.open("t/cs", cut).collect().await;
         assert!(got.last().unwrap().is_err());
         let whole = futures_util::stream::iter(sealed.into_iter().map(Ok::<_, String>));
