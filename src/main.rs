@@ -120,8 +120,11 @@ struct ConnectArgs {
     #[arg(long, conflicts_with = "http2")]
     http1: bool,
     /// Speak HTTP/2 only (over http:// with prior knowledge)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "http3")]
     http2: bool,
+    /// Speak HTTP/3 (QUIC; https:// relays only)
+    #[arg(long, conflicts_with = "http1")]
+    http3: bool,
     /// No progress bar or messages (the code is still printed)
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -133,9 +136,10 @@ impl ConnectArgs {
             server: self.server.clone(),
             headers: self.headers.clone(),
             insecure: self.insecure,
-            http: match (self.http1, self.http2) {
-                (true, _) => HttpVersion::Http1,
-                (_, true) => HttpVersion::Http2,
+            http: match (self.http1, self.http2, self.http3) {
+                (true, _, _) => HttpVersion::Http1,
+                (_, true, _) => HttpVersion::Http2,
+                (_, _, true) => HttpVersion::Http3,
                 _ => HttpVersion::Auto,
             },
         }
@@ -224,10 +228,12 @@ struct ServeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The platform verifier logs every refused certificate as an error;
+    // the client reports it once, in its own words.
     let quiet_default = if matches!(cli.command, Command::Serve(_) | Command::Tunnel(_)) {
-        "info"
+        "info,rustls_platform_verifier=off"
     } else {
-        "warn"
+        "warn,rustls_platform_verifier=off"
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1635,3 +1635,76 @@ async fn no_bar_when_stderr_is_not_a_terminal() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// `--http3`: QUIC to the relay's HTTP/3 port, both ways, and an HTTP/3
+/// sender meeting an HTTP/2 receiver under a code (end to end encrypted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_both_ways_and_mixed_with_h2() {
+    let server = Server::start().await;
+    let tmp = Tmp::new("h3");
+    let (file, data) = tmp.random_file("h3.bin", FILE_SIZE);
+    let h3 = format!("https://127.0.0.1:{}", server.h3_addr.port());
+    let h2 = format!("https://127.0.0.1:{}", server.tls_addr.port());
+    let file_arg = file.to_str().unwrap();
+
+    let sender = spawn(
+        tubes(
+            &tmp,
+            &["send", "--http3", "-k", "-s", &h3, "--path", "p", file_arg],
+        ),
+        "tubes send --http3",
+    );
+    server
+        .wait_for("the h3 sender", |s| s.waiting_senders == 1)
+        .await;
+    let out = tmp.join("out.bin");
+    let args = [
+        "recv",
+        "--http3",
+        "-k",
+        "-s",
+        &h3,
+        "--path",
+        "p",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let received = run(tubes(&tmp, &args), "tubes recv --http3").await;
+    ok(&received, "tubes recv --http3");
+    ok(
+        &finish(sender, "tubes send --http3").await,
+        "tubes send --http3",
+    );
+    assert_same(&read(&out), &data, "received over HTTP/3");
+
+    // Encrypted: the HTTP/3 sender prints a code, an h2 receiver uses it.
+    let mut child = spawn(
+        tubes(&tmp, &["send", "--http3", "-k", "-s", &h3, file_arg]),
+        "tubes send --http3 (code)",
+    );
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let code = within("the code", async {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr_pipe).lines();
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(code) = line.strip_prefix("Code: ") {
+                // Keep reading: a closed stderr would fail the sender.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return code.trim().to_owned();
+            }
+        }
+        panic!("tubes send --http3 printed no code");
+    })
+    .await;
+    let out2 = tmp.join("out2.bin");
+    let args = ["recv", &code, "-k", "-s", &h2, "-o", out2.to_str().unwrap()];
+    let received = run(tubes(&tmp, &args), "tubes recv (h2) of an h3 sender").await;
+    ok(&received, "tubes recv (h2) of an h3 sender");
+    let status = within("tubes send --http3 (code)", child.wait())
+        .await
+        .expect("sender status");
+    assert!(status.success(), "tubes send --http3 failed: {status}");
+    assert_same(&read(&out2), &data, "h3 sender to h2 receiver, encrypted");
+    server.wait_empty().await;
+    server.stop().await;
+}

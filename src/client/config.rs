@@ -25,6 +25,8 @@ pub enum HttpVersion {
     Http1,
     /// HTTP/2 only; over `http://` with prior knowledge (h2c).
     Http2,
+    /// HTTP/3 (QUIC), `https://` relays only.
+    Http3,
 }
 
 /// What the command line (and environment) said about the connection.

@@ -1,13 +1,17 @@
 //! The requests a client makes to a Piping relay: a `PUT` that sends and a
 //! `GET` that receives, nothing else, so any compatible server works.
 
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use http::header;
 
 use super::config::{Connection, HttpVersion};
+use super::h3::H3Client;
 use super::ClientError;
 
 /// How long to wait for a TCP (and TLS) connection to the relay.
@@ -18,8 +22,108 @@ const ERROR_BODY_MAX: usize = 300;
 /// A relay and the client that talks to it.
 #[derive(Clone)]
 pub struct Relay {
-    client: reqwest::Client,
+    backend: Backend,
     conn: Connection,
+}
+
+/// reqwest for HTTP/1.1 and HTTP/2, our own quinn + h3 client for HTTP/3.
+#[derive(Clone)]
+enum Backend {
+    Tcp(reqwest::Client),
+    H3(Arc<H3Client>),
+}
+
+/// A request body: a few bytes, or a stream (an error in the stream
+/// aborts the request, so the relay aborts the transfer).
+pub enum Body {
+    Bytes(Bytes),
+    Stream(BoxStream<'static, io::Result<Bytes>>),
+}
+
+impl Body {
+    pub fn stream(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Self {
+        Body::Stream(s.boxed())
+    }
+
+    pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        match self {
+            Body::Bytes(b) => futures_util::stream::once(async move { Ok(b) }).boxed(),
+            Body::Stream(s) => s,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Self {
+        Body::Bytes(v.into())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::Bytes(b)
+    }
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+/// A relay's answer: status, headers and the body as a stream.
+pub struct Response {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: BoxStream<'static, Result<Bytes, BodyError>>,
+}
+
+impl Response {
+    pub fn new(
+        status: http::StatusCode,
+        headers: http::HeaderMap,
+        body: BoxStream<'static, Result<Bytes, BodyError>>,
+    ) -> Self {
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn from_reqwest(r: reqwest::Response) -> Self {
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = r
+            .bytes_stream()
+            .map(|item| item.map_err(|e| BodyError(error_chain(&e))))
+            .boxed();
+        Self::new(status, headers, body)
+    }
+
+    pub fn status(&self) -> http::StatusCode {
+        self.status
+    }
+
+    pub fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+
+    pub fn bytes_stream(self) -> BoxStream<'static, Result<Bytes, BodyError>> {
+        self.body
+    }
+
+    /// The body as text, for short error responses (at most 64 KiB).
+    async fn text(self) -> String {
+        let mut body = self.body;
+        let mut out = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            out.extend_from_slice(&chunk);
+            if out.len() > 64 * 1024 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }
 
 /// What a `PUT` carries besides its body.
@@ -35,7 +139,7 @@ pub struct Upload {
 /// every receiver got the data (dropping it early would cut the upload).
 pub struct SenderLog {
     url: String,
-    response: reqwest::Response,
+    response: Response,
 }
 
 fn install_crypto_provider() {
@@ -52,6 +156,13 @@ impl Relay {
             .danger_accept_invalid_certs(conn.insecure)
             .user_agent(concat!("tubes/", env!("CARGO_PKG_VERSION")));
         builder = match conn.http {
+            HttpVersion::Http3 => {
+                let h3 = H3Client::new(&conn.server, conn.insecure)?;
+                return Ok(Self {
+                    backend: Backend::H3(Arc::new(h3)),
+                    conn,
+                });
+            }
             HttpVersion::Auto => builder,
             HttpVersion::Http1 => builder.http1_only(),
             HttpVersion::Http2 => builder
@@ -64,7 +175,10 @@ impl Relay {
         let client = builder
             .build()
             .map_err(|e| ClientError::local("cannot set up the HTTP client", e))?;
-        Ok(Self { client, conn })
+        Ok(Self {
+            backend: Backend::Tcp(client),
+            conn,
+        })
     }
 
     /// The URL of `path` (with `?n=` when given) on this relay.
@@ -79,41 +193,27 @@ impl Relay {
         url
     }
 
-    /// Adds the configured headers (`-H`, the config file), repeats kept.
-    fn with_headers(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        for (name, value) in &self.conn.headers {
-            req = req.header(name.clone(), value.clone());
-        }
-        req
-    }
-
-    fn unreachable(&self, url: &reqwest::Url, e: &reqwest::Error) -> ClientError {
-        ClientError::Unreachable {
-            url: url.to_string(),
-            reason: error_chain(e),
-        }
-    }
-
     /// Starts sending `body` to `path`; returns once the relay has answered
     /// (a Piping relay answers at once and then streams its log).
     pub async fn send(
         &self,
         path: &str,
-        body: reqwest::Body,
+        body: Body,
         upload: Upload,
     ) -> Result<SenderLog, ClientError> {
         let url = self.url(path, upload.n);
-        let mut req = self.with_headers(self.client.put(url.clone())).body(body);
+        let mut headers = http::HeaderMap::new();
         if let Some(len) = upload.length {
-            req = req.header(header::CONTENT_LENGTH, len);
+            headers.insert(header::CONTENT_LENGTH, len.into());
         }
-        if let Some(ct) = upload.content_type {
-            req = req.header(header::CONTENT_TYPE, ct);
-        }
-        if let Some(cd) = upload.disposition {
-            req = req.header(header::CONTENT_DISPOSITION, cd);
-        }
-        let response = req.send().await.map_err(|e| self.unreachable(&url, &e))?;
+        let mut text_header = |name, value: Option<String>| {
+            if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+                headers.insert(name, v);
+            }
+        };
+        text_header(header::CONTENT_TYPE, upload.content_type);
+        text_header(header::CONTENT_DISPOSITION, upload.disposition);
+        let response = self.request(http::Method::PUT, &url, headers, body).await?;
         let response = check_status(&url, response).await?;
         Ok(SenderLog {
             url: url.to_string(),
@@ -122,18 +222,63 @@ impl Relay {
     }
 
     /// Asks to receive from `path`; returns once the transfer has started.
-    pub async fn receive(
-        &self,
-        path: &str,
-        n: Option<u32>,
-    ) -> Result<reqwest::Response, ClientError> {
+    pub async fn receive(&self, path: &str, n: Option<u32>) -> Result<Response, ClientError> {
         let url = self.url(path, n);
         let response = self
-            .with_headers(self.client.get(url.clone()))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&url, &e))?;
+            .request(
+                http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                Body::Bytes(Bytes::new()),
+            )
+            .await?;
         check_status(&url, response).await
+    }
+
+    async fn request(
+        &self,
+        method: http::Method,
+        url: &reqwest::Url,
+        mut headers: http::HeaderMap,
+        body: Body,
+    ) -> Result<Response, ClientError> {
+        // The configured headers (`-H`, the config file), repeats kept.
+        for (name, value) in &self.conn.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        match &self.backend {
+            Backend::Tcp(client) => {
+                let mut req = client.request(method.clone(), url.clone()).headers(headers);
+                if method != http::Method::GET {
+                    req = req.body(match body {
+                        Body::Bytes(b) => reqwest::Body::from(b),
+                        Body::Stream(s) => reqwest::Body::wrap_stream(s),
+                    });
+                }
+                let response = req.send().await.map_err(|e| ClientError::Unreachable {
+                    url: url.to_string(),
+                    reason: error_chain(&e),
+                })?;
+                Ok(Response::from_reqwest(response))
+            }
+            Backend::H3(h3) => {
+                let mut req = http::Request::builder().method(method).uri(url.as_str());
+                if let Some(h) = req.headers_mut() {
+                    h.extend(headers);
+                    h.insert(
+                        header::USER_AGENT,
+                        http::HeaderValue::from_static(concat!(
+                            "tubes/",
+                            env!("CARGO_PKG_VERSION")
+                        )),
+                    );
+                }
+                let req = req
+                    .body(())
+                    .map_err(|e| ClientError::Usage(format!("bad request to {url}: {e}")))?;
+                h3.request(req, body).await
+            }
+        }
     }
 }
 
@@ -153,15 +298,12 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-async fn check_status(
-    url: &reqwest::Url,
-    response: reqwest::Response,
-) -> Result<reqwest::Response, ClientError> {
+async fn check_status(url: &reqwest::Url, response: Response) -> Result<Response, ClientError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
-    let body = response.text().await.unwrap_or_default();
+    let body = response.text().await;
     let mut message: String = body.trim().chars().take(ERROR_BODY_MAX).collect();
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("error").to_owned();
@@ -208,10 +350,7 @@ impl SenderLog {
 }
 
 /// Reads a whole response of at most `max` bytes: a control message.
-pub async fn read_message_at_most(
-    response: reqwest::Response,
-    max: usize,
-) -> Result<Bytes, ClientError> {
+pub async fn read_message_at_most(response: Response, max: usize) -> Result<Bytes, ClientError> {
     let mut stream = response.bytes_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
@@ -227,7 +366,7 @@ pub async fn read_message_at_most(
 }
 
 /// Reads exactly `len` bytes from a response: a key-exchange message.
-pub async fn read_message(response: reqwest::Response, len: usize) -> Result<Bytes, ClientError> {
+pub async fn read_message(response: Response, len: usize) -> Result<Bytes, ClientError> {
     let mut stream = response.bytes_stream();
     let mut buf = BytesMut::with_capacity(len);
     while let Some(chunk) = stream.next().await {

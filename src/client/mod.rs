@@ -3,7 +3,8 @@
 //! folders as tar streams and end-to-end encryption on top.
 //!
 //! - [`config`]: which relay, which headers; flags, environment, file.
-//! - [`http`]: the HTTP requests to the relay (reqwest).
+//! - [`http`]: the HTTP requests to the relay (reqwest; [`h3`] for
+//!   HTTP/3).
 //! - [`code`]: human codes and the paths derived from them.
 //! - [`e2e`]: the key exchange and the sealed record stream.
 //! - [`pipe`]: blocking producers and consumers (files, tar) joined to the
@@ -17,6 +18,7 @@ pub mod archive;
 pub mod code;
 pub mod config;
 pub mod e2e;
+pub mod h3;
 pub mod http;
 pub mod meta;
 pub mod pipe;

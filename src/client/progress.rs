@@ -7,6 +7,13 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Prints a line to stderr whatever `--quiet` says (a code the user must
+/// pass on); a closed stderr is ignored rather than fatal.
+pub fn always(line: impl AsRef<str>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
+}
+
 /// How the user asked to be told about progress.
 #[derive(Clone, Copy, Debug)]
 pub struct Feedback {
@@ -27,7 +34,7 @@ impl Feedback {
     /// Prints an informational line to stderr.
     pub fn say(&self, line: impl AsRef<str>) {
         if self.info {
-            eprintln!("{}", line.as_ref());
+            always(line);
         }
     }
 

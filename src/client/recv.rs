@@ -16,7 +16,7 @@ use super::config::Connection;
 use super::e2e::pake::{Cpace, Role, SHARE_LEN};
 use super::e2e::seal::Opener;
 use super::e2e::{self, E2eError, Header, Keys};
-use super::http::{read_message, Relay, Upload};
+use super::http::{read_message, Relay, Response, Upload};
 use super::meta::{safe_file_name, Kind, Meta, MAX_META};
 use super::pipe::{pump, ChunkReader};
 use super::progress::Feedback;
@@ -149,10 +149,7 @@ type ReaderParts = (
 
 /// Reads the clear header and the metadata record (when sealed) and
 /// returns what the blocking reader needs to go on.
-async fn open(
-    response: reqwest::Response,
-    expect: Expect,
-) -> Result<(Meta, ReaderParts), ClientError> {
+async fn open(response: Response, expect: Expect) -> Result<(Meta, ReaderParts), ClientError> {
     let headers = response.headers().clone();
     let mut rx = pump(response.bytes_stream());
     let mut buf = BytesMut::new();

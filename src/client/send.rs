@@ -14,10 +14,10 @@ use super::config::Connection;
 use super::e2e::pake::{Cpace, Role, SHARE_LEN};
 use super::e2e::seal::Sealer;
 use super::e2e::{self, E2eError, Header, Keys};
-use super::http::{read_message, Relay, Upload};
+use super::http::{read_message, Body, Relay, Upload};
 use super::meta::{Kind, Meta};
 use super::pipe::ChunkWriter;
-use super::progress::Feedback;
+use super::progress::{always, Feedback};
 use super::ClientError;
 
 /// How many fresh codes to try when a nameplate is taken on the relay.
@@ -169,7 +169,7 @@ pub async fn send(conn: Connection, opts: SendOptions) -> Result<(), ClientError
             );
             // A generated path must reach the user even with --quiet.
             if opts.path.is_none() {
-                eprintln!("{line}");
+                always(line);
             } else {
                 feedback.say(line);
             }
@@ -200,11 +200,11 @@ pub async fn send(conn: Connection, opts: SendOptions) -> Result<(), ClientError
                 Some(p) => format!("--path {p} {}", code.as_str()),
                 None => code.as_str().to_owned(),
             };
-            eprintln!(
+            always(format!(
                 "Code: {}\nOn the other side, run:\n  {}",
                 code.as_str(),
                 recv_command(&conn, &args)
-            );
+            ));
             let waiting = feedback.waiting("waiting for the other side...");
             let reply = relay.receive(&rendezvous.receiver_share, None).await;
             waiting.finish_and_clear();
@@ -351,9 +351,7 @@ async fn stream(
         }
     });
     let result = async {
-        let log = relay
-            .send(path, reqwest::Body::wrap_stream(body), upload)
-            .await?;
+        let log = relay.send(path, Body::stream(body), upload).await?;
         log.finish().await
     }
     .await;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::protocol::{Frame, HEARTBEAT, MAX_DATA};
 use super::seal::TunnelKey;
-use crate::client::http::{error_chain, Relay, Upload};
+use crate::client::http::{Body, Relay, Response, Upload};
 use crate::client::ClientError;
 
 /// How one direction ended.
@@ -46,8 +46,8 @@ where
     S: futures_util::Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
 {
     let body = match key {
-        Some(key) => reqwest::Body::wrap_stream(key.seal(path, body)),
-        None => reqwest::Body::wrap_stream(body),
+        Some(key) => Body::stream(key.seal(path, body)),
+        None => Body::stream(body),
     };
     let result = async {
         relay
@@ -64,10 +64,8 @@ where
 }
 
 /// A response body as plaintext chunks: opened when there is a key.
-fn plaintext(response: reqwest::Response, path: &str, key: Option<&Arc<TunnelKey>>) -> Plaintext {
-    let body = response
-        .bytes_stream()
-        .map(|r| r.map_err(|e| error_chain(&e)));
+fn plaintext(response: Response, path: &str, key: Option<&Arc<TunnelKey>>) -> Plaintext {
+    let body = response.bytes_stream().map(|r| r.map_err(|e| e.0));
     match key {
         Some(key) => key.open(path, body).boxed(),
         None => body.boxed(),
@@ -95,7 +93,7 @@ where
 
 /// Copies a response's body into `writer`, then shuts the writer down.
 pub async fn copy_response<W>(
-    response: reqwest::Response,
+    response: Response,
     path: &str,
     mut writer: W,
     key: Option<&Arc<TunnelKey>>,

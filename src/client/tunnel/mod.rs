@@ -196,7 +196,7 @@ pub async fn run(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(
     };
     let stdio = matches!(opts.role, Role::Client { stdio: true, .. });
     if !quiet && !stdio {
-        eprintln!("{}", instructions(&conn, &opts, local_addr));
+        super::progress::always(instructions(&conn, &opts, local_addr));
     }
     let local = match local {
         Some(l) => Local::Listen(l),
