@@ -143,7 +143,9 @@ impl Builders {
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_frame_size(1 << 16)
-            .max_send_buf_size(1 << 20);
+            .max_send_buf_size(1 << 20)
+            // WebSocket over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         Builders {
             http1,
             http2,

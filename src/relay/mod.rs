@@ -20,6 +20,7 @@
 //! `.await`.
 
 mod fanout;
+pub mod pair;
 pub mod protocol;
 
 use std::collections::HashMap;
@@ -76,6 +77,8 @@ struct Shared {
     config: RelayConfig,
     /// Woken on every change of the registry, for [`Relay::wait_until`].
     changed: tokio::sync::Notify,
+    /// Peers in pair mode (see [`pair`]).
+    pairs: pair::Pairs,
 }
 
 enum Slot {
@@ -115,6 +118,10 @@ pub struct Stats {
     pub waiting_senders: usize,
     pub waiting_receivers: usize,
     pub transfers: usize,
+    /// Pair-mode peers waiting for a partner.
+    pub pairs_waiting: usize,
+    /// Joined pairs.
+    pub pairs_joined: usize,
 }
 
 impl Relay {
@@ -286,6 +293,8 @@ impl Relay {
                 }
             }
         }
+        drop(paths);
+        (stats.pairs_waiting, stats.pairs_joined) = self.shared.pairs.counts();
         stats
     }
 }

@@ -18,7 +18,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
 use super::body::Body;
-use super::pages;
+use super::{pages, websocket};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
 
 const X_PIPING: HeaderName = HeaderName::from_static("x-piping");
@@ -51,6 +51,8 @@ enum Refusal {
     ServiceWorker,
     #[error("[ERROR] Invalid multipart/form-data: {0}.\n")]
     Multipart(String),
+    #[error("{0}")]
+    WebSocket(#[from] websocket::WsRefusal),
 }
 
 impl Refusal {
@@ -121,6 +123,15 @@ impl Handler {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        if websocket::is_websocket(&req) {
+            if pages::Reserved::from_path(req.uri().path()).is_some() {
+                return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
+            }
+            let result = parse_count(query_value(req.uri().query(), "n").as_deref())
+                .map_err(Refusal::from)
+                .and_then(|n| Ok(websocket::accept(&self.relay, req, n)?));
+            return Route::Now(result);
+        }
         let method = req.method();
         if method == Method::OPTIONS {
             return Route::Now(Ok(preflight(req.headers())));

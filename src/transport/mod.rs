@@ -4,9 +4,11 @@
 //! - [`http3`]: HTTP/3 over QUIC (quinn and h3), on the same handler.
 //! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
 //! - [`tls`]: certificates for HTTPS and QUIC, reloaded when they change.
+//! - [`websocket`]: WebSocket views of a path (`?ws=send|receive|pair`).
 
 pub mod body;
 pub mod http;
 pub mod http3;
 pub mod pages;
 pub mod tls;
+pub mod websocket;

@@ -1,0 +1,336 @@
+//! WebSocket on any path (RFC 6455 over HTTP/1.1, RFC 8441 extended
+//! CONNECT over HTTP/2), as one more view onto the relay core, chosen with
+//! the `ws` query option:
+//!
+//! - `?ws=send` (with `n` as usual): the socket is the sender of an
+//!   ordinary transfer. Each message's bytes are the body, in order; a
+//!   close with code 1000 ends it cleanly, anything else (another code, a
+//!   dropped connection) aborts it, so every receiver sees a cut stream.
+//!   The relay's live log comes back as text messages.
+//! - `?ws=receive`: the socket is a receiver; the body arrives as binary
+//!   messages, then a close 1000 (`end`) for a complete transfer or 1011
+//!   (`aborted`) for one cut short.
+//! - `?ws=pair`: two sockets on a path are joined full duplex, each
+//!   message passed through unchanged (text stays text); when one leaves
+//!   the other is closed with the same code.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use super::body::Body;
+use crate::relay::pair::{Message, PairEnd};
+use crate::relay::{BodyError, ByteStream, Count, Head, Relay, Reject, SenderLog};
+
+/// The largest message accepted from a client: with the bounded queues
+/// this caps the memory a socket can hold.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Messages of a sending socket queued before it is held back.
+const SEND_QUEUE: usize = 4;
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Which view a socket asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Send,
+    Receive,
+    Pair,
+}
+
+/// Why a WebSocket request is refused before the upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum WsRefusal {
+    #[error("[ERROR] A WebSocket needs ?ws=send, ?ws=receive or ?ws=pair.\n")]
+    Mode,
+    #[error("[ERROR] Unsupported WebSocket handshake: {0}.\n")]
+    Handshake(&'static str),
+    #[error("{0}")]
+    Relay(#[from] Reject),
+}
+
+/// True for a WebSocket opening handshake (HTTP/1.1 upgrade, or an HTTP/2
+/// extended CONNECT for the `websocket` protocol).
+pub fn is_websocket<B>(req: &Request<B>) -> bool {
+    if req.method() == Method::CONNECT {
+        return req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
+    req.method() == Method::GET
+        && req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")))
+}
+
+fn mode(query: Option<&str>) -> Option<Mode> {
+    let value = form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "ws")
+        .map(|(_, v)| v.into_owned())?;
+    match value.as_str() {
+        "send" => Some(Mode::Send),
+        "receive" | "recv" => Some(Mode::Receive),
+        "pair" => Some(Mode::Pair),
+        _ => None,
+    }
+}
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// What the socket will do once upgraded, registered with the relay now
+/// so that a refusal is still an ordinary HTTP error.
+enum Job {
+    Send(SenderLog, mpsc::Sender<Result<Bytes, BodyError>>),
+    Receive(crate::relay::ReceiverTicket),
+    Pair(crate::relay::pair::PairTicket),
+}
+
+/// Accepts a WebSocket handshake: registers with the relay, answers 101
+/// (or 200 over HTTP/2), and runs the socket in a task of its own.
+pub fn accept<B>(relay: &Relay, mut req: Request<B>, n: Count) -> Result<Response<Body>, WsRefusal> {
+    let mode = mode(req.uri().query()).ok_or(WsRefusal::Mode)?;
+    let h2 = req.method() == Method::CONNECT;
+    let accept_key = if h2 {
+        None
+    } else {
+        let headers = req.headers();
+        if headers.get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+            return Err(WsRefusal::Handshake("Sec-WebSocket-Version must be 13"));
+        }
+        let key = headers
+            .get(SEC_WEBSOCKET_KEY)
+            .ok_or(WsRefusal::Handshake("no Sec-WebSocket-Key"))?;
+        Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+    };
+    let path = req.uri().path().to_owned();
+    let job = match mode {
+        Mode::Send => {
+            let (tx, rx) = mpsc::channel(SEND_QUEUE);
+            let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
+            Job::Send(relay.send(&path, n, Head::default(), body)?, tx)
+        }
+        Mode::Receive => Job::Receive(relay.receive(&path, n)?),
+        Mode::Pair => Job::Pair(relay.pair(&path)?),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%path, "websocket upgrade failed: {e}");
+                return;
+            }
+        };
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config())).await;
+        match job {
+            Job::Send(log, tx) => run_sender(socket, log, tx).await,
+            Job::Receive(ticket) => run_receiver(socket, ticket).await,
+            Job::Pair(ticket) => run_pair(socket, ticket).await,
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    if let Some(accept) = accept_key {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+        }
+    }
+    Ok(response)
+}
+
+fn close(code: CloseCode, reason: &'static str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the sending WebSocket {0}")]
+struct SocketCut(String);
+
+/// A sending socket: messages become the body; the log goes back as text.
+async fn run_sender(mut socket: Socket, mut log: SenderLog, tx: mpsc::Sender<Result<Bytes, BodyError>>) {
+    let mut tx = Some(tx);
+    let mut log_open = true;
+    loop {
+        tokio::select! {
+            line = log.next(), if log_open => match line {
+                Some(line) => {
+                    if socket.send(WsMessage::text(line.to_string())).await.is_err() {
+                        return; // dropping the log aborts the transfer
+                    }
+                }
+                None => log_open = false,
+            },
+            message = socket.next(), if tx.is_some() => {
+                let item = match message {
+                    Some(Ok(WsMessage::Binary(data))) => Some(Ok(data)),
+                    Some(Ok(WsMessage::Text(text))) => Some(Ok(Bytes::from(text))),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        let clean = frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
+                        if clean {
+                            tx = None; // the end of the body
+                            None
+                        } else {
+                            Some(Err(SocketCut(format!("closed with {:?}", frame.map(|f| f.code))).into()))
+                        }
+                    }
+                    Some(Ok(_)) => None, // ping, pong: nothing to relay
+                    Some(Err(e)) => Some(Err(SocketCut(e.to_string()).into())),
+                    None => Some(Err(SocketCut("went away".into()).into())),
+                };
+                if let (Some(item), Some(sender)) = (item, tx.as_ref()) {
+                    let failed = item.is_err();
+                    if sender.send(item).await.is_err() || failed {
+                        tx = None;
+                        if failed {
+                            // Keep polling the log: it reports the abort.
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        if !log_open {
+            break;
+        }
+    }
+    let _ = socket.send(close(CloseCode::Normal, "")).await;
+    let _ = socket.close(None).await;
+}
+
+/// A receiving socket: waits for its transfer, then streams it.
+async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) {
+    let ready = ticket.ready();
+    tokio::pin!(ready);
+    // While waiting, watch the socket: a client that leaves drops its place.
+    let delivery = loop {
+        tokio::select! {
+            delivery = &mut ready => break delivery,
+            message = socket.next() => match message {
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    let Some(delivery) = delivery else {
+        let _ = socket.send(close(CloseCode::Error, "aborted")).await;
+        return;
+    };
+    let mut body = delivery.body;
+    loop {
+        tokio::select! {
+            chunk = body.next() => match chunk {
+                Some(Ok(data)) => {
+                    if socket.send(WsMessage::Binary(data)).await.is_err() {
+                        return; // dropping the body counts this receiver out
+                    }
+                }
+                Some(Err(_)) => {
+                    let _ = socket.send(close(CloseCode::Error, "aborted")).await;
+                    return;
+                }
+                None => {
+                    let _ = socket.send(close(CloseCode::Normal, "end")).await;
+                    let _ = socket.close(None).await;
+                    return;
+                }
+            },
+            message = socket.next() => match message {
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// A pair-mode socket: waits for its partner, then passes messages both
+/// ways until one side closes.
+async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
+    tokio::pin!(ticket);
+    let end: PairEnd = loop {
+        tokio::select! {
+            end = &mut ticket => match end {
+                Some(end) => break end,
+                None => return,
+            },
+            message = socket.next() => match message {
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {} // nobody to give it to yet
+            },
+        }
+    };
+    let PairEnd { tx, mut rx, .. } = end;
+    loop {
+        tokio::select! {
+            incoming = rx.recv() => match incoming {
+                Some(Message { text, data }) => {
+                    let msg = if text {
+                        match String::from_utf8(data.to_vec()) {
+                            Ok(s) => WsMessage::text(s),
+                            Err(_) => WsMessage::Binary(data),
+                        }
+                    } else {
+                        WsMessage::Binary(data)
+                    };
+                    if socket.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    // The partner left.
+                    let _ = socket.send(close(CloseCode::Normal, "the other side left")).await;
+                    let _ = socket.close(None).await;
+                    return;
+                }
+            },
+            message = socket.next() => {
+                let message = match message {
+                    Some(Ok(WsMessage::Text(t))) => Message { text: true, data: Bytes::from(t) },
+                    Some(Ok(WsMessage::Binary(b))) => Message { text: false, data: b },
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                };
+                if tx.send(message).await.is_err() {
+                    let _ = socket.send(close(CloseCode::Normal, "the other side left")).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode(Some("ws=send&n=2")), Some(Mode::Send));
+        assert_eq!(mode(Some("n=2&ws=receive")), Some(Mode::Receive));
+        assert_eq!(mode(Some("ws=pair")), Some(Mode::Pair));
+        assert_eq!(mode(Some("ws=other")), None);
+        assert_eq!(mode(None), None);
+    }
+}
