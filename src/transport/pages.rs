@@ -104,6 +104,7 @@ fn base_url<B>(req: &Request<B>, tls: bool) -> String {
 
 fn help<B>(req: &Request<B>, tls: bool) -> String {
     HELP_TXT
+        .replace("{{ws_url}}", &ws_url(&base_url(req, tls)))
         .replace("{{url}}", &base_url(req, tls))
         .replace("{{version}}", env!("CARGO_PKG_VERSION"))
 }
@@ -181,5 +182,17 @@ mod tests {
         assert_eq!(Reserved::from_path("/help"), Some(Reserved::Help));
         assert_eq!(Reserved::from_path("/help/"), None);
         assert_eq!(Reserved::from_path("/mypath"), None);
+    }
+}
+
+/// The WebSocket form of a base URL: `ws://` for `http://`, `wss://` for
+/// `https://`.
+fn ws_url(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
     }
 }
