@@ -20,6 +20,7 @@
 //! `.await`.
 
 mod fanout;
+pub mod live;
 pub mod pair;
 pub mod protocol;
 
@@ -79,6 +80,8 @@ struct Shared {
     changed: tokio::sync::Notify,
     /// Peers in pair mode (see [`pair`]).
     pairs: pair::Pairs,
+    /// Live streams (see [`live`]).
+    lives: live::Lives,
 }
 
 enum Slot {
@@ -122,6 +125,10 @@ pub struct Stats {
     pub pairs_waiting: usize,
     /// Joined pairs.
     pub pairs_joined: usize,
+    /// Live paths (with a sender, or receivers waiting for one).
+    pub live_paths: usize,
+    /// Receivers of live streams.
+    pub live_receivers: usize,
 }
 
 impl Relay {
@@ -295,6 +302,7 @@ impl Relay {
         }
         drop(paths);
         (stats.pairs_waiting, stats.pairs_joined) = self.shared.pairs.counts();
+        (stats.live_paths, stats.live_receivers) = self.shared.lives.counts();
         stats
     }
 }

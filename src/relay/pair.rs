@@ -77,9 +77,11 @@ struct WaitingGuard {
 
 impl Drop for WaitingGuard {
     fn drop(&mut self) {
-        remove_if(&self.shared, &self.path, |slot| {
-            matches!(slot, PairSlot::Waiting { id, .. } if *id == self.id)
-        });
+        remove_if(
+            &self.shared,
+            &self.path,
+            |slot| matches!(slot, PairSlot::Waiting { id, .. } if *id == self.id),
+        );
     }
 }
 
@@ -92,9 +94,11 @@ struct JoinedGuard {
 
 impl Drop for JoinedGuard {
     fn drop(&mut self) {
-        remove_if(&self.shared, &self.path, |slot| {
-            matches!(slot, PairSlot::Joined(id) if *id == self.id)
-        });
+        remove_if(
+            &self.shared,
+            &self.path,
+            |slot| matches!(slot, PairSlot::Joined(id) if *id == self.id),
+        );
     }
 }
 

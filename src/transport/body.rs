@@ -19,7 +19,12 @@ pub enum Body {
     Log(SenderLog),
     /// The bytes of a transfer; an error aborts the response.
     Stream(ReceiverStream),
+    /// Any other stream (live streams, events); an error aborts it.
+    Boxed(BoxStream),
 }
+
+/// A boxed body stream.
+pub type BoxStream = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
 impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
@@ -47,13 +52,16 @@ impl http_body::Body for Body {
             Body::Stream(stream) => stream
                 .poll_next_unpin(cx)
                 .map(|item| item.map(|chunk| chunk.map(Frame::data).map_err(Into::into))),
+            Body::Boxed(stream) => stream
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|chunk| chunk.map(Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(bytes) => bytes.is_none(),
-            Body::Log(_) => false,
+            Body::Log(_) | Body::Boxed(_) => false,
             Body::Stream(stream) => stream.is_complete(),
         }
     }

@@ -17,12 +17,13 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
-use super::body::Body;
-use super::{pages, websocket};
+use super::body::{self, Body};
+use super::{pages, sse, websocket};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
 
 const X_PIPING: HeaderName = HeaderName::from_static("x-piping");
 const X_ROBOTS_TAG: HeaderName = HeaderName::from_static("x-robots-tag");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, OPTIONS";
 
 /// What the HTTP transport needs to answer a request.
@@ -142,19 +143,41 @@ impl Handler {
                 return Route::Now(Ok(pages::render(page, &req, self.tls)));
             }
         }
+        let live = query_value(req.uri().query(), "live").is_some();
         if method == Method::POST || method == Method::PUT {
             if reserved.is_some() {
                 return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
             }
             let this = self.clone();
+            if live {
+                return Route::Now(this.live_send(req));
+            }
             return Route::Later(Box::pin(async move { this.send(req).await }));
         }
         if method == Method::GET {
+            let query = req.uri().query();
+            let events = sse::wanted(req.headers(), query).then(|| {
+                (
+                    query.map(str::to_owned),
+                    sse::last_event_id(req.headers(), query),
+                )
+            });
+            if live {
+                let receiver = self.relay.live_receive(req.uri().path());
+                drop(req);
+                return Route::Later(Box::pin(async move {
+                    Ok(live_response(receiver, events).await)
+                }));
+            }
             return match self.receive(&req) {
                 Ok(ticket) => {
                     drop(req);
                     Route::Later(Box::pin(async move {
-                        Ok(receiver_response(ticket.ready().await))
+                        let delivery = ticket.ready().await;
+                        Ok(match events {
+                            Some((query, _)) => events_response(delivery, query.as_deref()),
+                            None => receiver_response(delivery),
+                        })
                     }))
                 }
                 Err(refusal) => Route::Now(Err(refusal)),
@@ -187,20 +210,7 @@ impl Handler {
             .collect();
         let (head, body) = match multipart_boundary(&parts.headers)? {
             Some(boundary) => first_part(body, boundary, x_piping).await?,
-            None => {
-                let head = Head {
-                    content_length: parts
-                        .headers
-                        .get(CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse().ok()),
-                    content_type: header_bytes(&parts.headers, &CONTENT_TYPE)
-                        .map(|v| safe_content_type(&v)),
-                    content_disposition: header_bytes(&parts.headers, &CONTENT_DISPOSITION),
-                    x_piping,
-                };
-                (head, body)
-            }
+            None => (head_of(&parts.headers, x_piping), body),
         };
         let log = self.relay.send(path, n, head, body)?;
         tracing::debug!(path, n, "sender registered");
@@ -212,6 +222,28 @@ impl Handler {
             Body::Log(log)
         };
         Ok(message(StatusCode::OK, body))
+    }
+
+    /// Opens a live stream (`?live`): the response is its log, and
+    /// polling it reads the body into the live window.
+    fn live_send<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if req.headers().contains_key(http::header::CONTENT_RANGE) {
+            return Err(Refusal::ContentRange(req.method().clone()));
+        }
+        let (parts, body) = req.into_parts();
+        let mut head = head_of(&parts.headers, Vec::new());
+        // A live stream has no length: receivers join in the middle.
+        head.content_length = None;
+        let body: ByteStream = Box::pin(body.into_data_stream().map_err(Into::into));
+        let sender = self.relay.live_send(parts.uri.path(), head, body)?;
+        let log = sender
+            .into_log()
+            .map(|line| Ok::<_, body::BoxError>(Bytes::from(line.to_string())));
+        Ok(message(StatusCode::OK, Body::Boxed(Box::pin(log))))
     }
 
     /// Registers a receiver; the ticket resolves when its transfer starts.
@@ -267,6 +299,93 @@ fn receiver_response(delivery: Option<relay::Delivery>) -> Response<Body> {
     }
     headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("none"));
     response
+}
+
+/// The head of an upload from its headers.
+fn head_of(headers: &HeaderMap, x_piping: Vec<Bytes>) -> Head {
+    Head {
+        content_length: headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
+        content_type: header_bytes(headers, &CONTENT_TYPE).map(|v| safe_content_type(&v)),
+        content_disposition: header_bytes(headers, &CONTENT_DISPOSITION),
+        x_piping,
+    }
+}
+
+/// Headers of every event stream: no caching, no proxy buffering.
+fn event_stream_response(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+/// An ordinary transfer as Server-Sent Events.
+fn events_response(delivery: Option<relay::Delivery>, query: Option<&str>) -> Response<Body> {
+    let Some(relay::Delivery { head, body }) = delivery else {
+        return Response::new(Body::Stream(relay::ReceiverStream::aborted()));
+    };
+    let encoding = sse::encoding(&head, query);
+    let mut offset = 0u64;
+    let pieces = body.map(move |item| {
+        item.map(|bytes| {
+            let at = offset;
+            offset += bytes.len() as u64;
+            (at, bytes)
+        })
+        .map_err(|e| sse::Cut(e.to_string()))
+    });
+    let events = sse::events(pieces, encoding).map(|item| item.map_err(Into::into));
+    event_stream_response(Body::Boxed(Box::pin(events)))
+}
+
+/// A live receiver's response, raw or as events, once its sender is there.
+async fn live_response(
+    receiver: relay::live::LiveReceiver,
+    events: Option<(Option<String>, Option<u64>)>,
+) -> Response<Body> {
+    let head = receiver.head().await;
+    match events {
+        Some((query, resume)) => {
+            let encoding = sse::encoding(&head, query.as_deref());
+            let join = resume.map_or(relay::live::Join::Now, relay::live::Join::At);
+            let pieces = receiver
+                .stream(join)
+                .map(|item| item.map_err(|e| sse::Cut(e.to_string())));
+            let events =
+                sse::events(Box::pin(pieces), encoding).map(|item| item.map_err(Into::into));
+            event_stream_response(Body::Boxed(Box::pin(events)))
+        }
+        None => {
+            let bytes = receiver
+                .stream(relay::live::Join::Now)
+                .map(|item| item.map(|(_, b)| b).map_err(Into::into));
+            let mut response = Response::new(Body::Boxed(Box::pin(bytes)));
+            let headers = response.headers_mut();
+            if let Some(v) = head.content_type.and_then(to_value) {
+                headers.insert(CONTENT_TYPE, v);
+            }
+            if let Some(v) = head.content_disposition.and_then(to_value) {
+                headers.insert(CONTENT_DISPOSITION, v);
+            }
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
+            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("none"));
+            response
+        }
+    }
 }
 
 fn to_value(bytes: Bytes) -> Option<HeaderValue> {

@@ -3,6 +3,7 @@
 //! - [`http`]: HTTP/1.0, HTTP/1.1 and cleartext HTTP/2 on one port (hyper).
 //! - [`http3`]: HTTP/3 over QUIC (quinn and h3), on the same handler.
 //! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
+//! - [`sse`]: Server-Sent Events views of a stream.
 //! - [`tls`]: certificates for HTTPS and QUIC, reloaded when they change.
 //! - [`websocket`]: WebSocket views of a path (`?ws=send|receive|pair`).
 
@@ -10,5 +11,6 @@ pub mod body;
 pub mod http;
 pub mod http3;
 pub mod pages;
+pub mod sse;
 pub mod tls;
 pub mod websocket;

@@ -164,6 +164,18 @@ fn escape_html(s: &str) -> String {
     out
 }
 
+/// The WebSocket form of a base URL: `ws://` for `http://`, `wss://` for
+/// `https://`.
+fn ws_url(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,17 +194,5 @@ mod tests {
         assert_eq!(Reserved::from_path("/help"), Some(Reserved::Help));
         assert_eq!(Reserved::from_path("/help/"), None);
         assert_eq!(Reserved::from_path("/mypath"), None);
-    }
-}
-
-/// The WebSocket form of a base URL: `ws://` for `http://`, `wss://` for
-/// `https://`.
-fn ws_url(base: &str) -> String {
-    if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        base.to_owned()
     }
 }

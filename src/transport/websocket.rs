@@ -16,7 +16,9 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
@@ -27,7 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::body::Body;
 use crate::relay::pair::{Message, PairEnd};
-use crate::relay::{BodyError, ByteStream, Count, Head, Relay, Reject, SenderLog};
+use crate::relay::{BodyError, ByteStream, Count, Head, Reject, Relay, SenderLog};
 
 /// The largest message accepted from a client: with the bounded queues
 /// this caps the memory a socket can hold.
@@ -70,7 +72,10 @@ pub fn is_websocket<B>(req: &Request<B>) -> bool {
             .headers()
             .get(UPGRADE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")))
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+            })
 }
 
 fn mode(query: Option<&str>) -> Option<Mode> {
@@ -101,7 +106,11 @@ enum Job {
 
 /// Accepts a WebSocket handshake: registers with the relay, answers 101
 /// (or 200 over HTTP/2), and runs the socket in a task of its own.
-pub fn accept<B>(relay: &Relay, mut req: Request<B>, n: Count) -> Result<Response<Body>, WsRefusal> {
+pub fn accept<B>(
+    relay: &Relay,
+    mut req: Request<B>,
+    n: Count,
+) -> Result<Response<Body>, WsRefusal> {
     let mode = mode(req.uri().query()).ok_or(WsRefusal::Mode)?;
     let h2 = req.method() == Method::CONNECT;
     let accept_key = if h2 {
@@ -120,9 +129,10 @@ pub fn accept<B>(relay: &Relay, mut req: Request<B>, n: Count) -> Result<Respons
     let job = match mode {
         Mode::Send => {
             let (tx, rx) = mpsc::channel(SEND_QUEUE);
-            let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            }));
+            let body: ByteStream =
+                Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
             Job::Send(relay.send(&path, n, Head::default(), body)?, tx)
         }
         Mode::Receive => Job::Receive(relay.receive(&path, n)?),
@@ -138,7 +148,9 @@ pub fn accept<B>(relay: &Relay, mut req: Request<B>, n: Count) -> Result<Respons
                 return;
             }
         };
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config())).await;
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
+                .await;
         match job {
             Job::Send(log, tx) => run_sender(socket, log, tx).await,
             Job::Receive(ticket) => run_receiver(socket, ticket).await,
@@ -170,7 +182,11 @@ fn close(code: CloseCode, reason: &'static str) -> WsMessage {
 struct SocketCut(String);
 
 /// A sending socket: messages become the body; the log goes back as text.
-async fn run_sender(mut socket: Socket, mut log: SenderLog, tx: mpsc::Sender<Result<Bytes, BodyError>>) {
+async fn run_sender(
+    mut socket: Socket,
+    mut log: SenderLog,
+    tx: mpsc::Sender<Result<Bytes, BodyError>>,
+) {
     let mut tx = Some(tx);
     let mut log_open = true;
     loop {
