@@ -23,6 +23,7 @@ mod fanout;
 pub mod live;
 pub mod pair;
 pub mod protocol;
+pub mod room;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -82,6 +83,8 @@ struct Shared {
     pairs: pair::Pairs,
     /// Live streams (see [`live`]).
     lives: live::Lives,
+    /// Signaling rooms (see [`room`]).
+    rooms: room::Rooms,
 }
 
 enum Slot {
@@ -129,6 +132,9 @@ pub struct Stats {
     pub live_paths: usize,
     /// Receivers of live streams.
     pub live_receivers: usize,
+    /// Signaling rooms, and their members.
+    pub rooms: usize,
+    pub room_members: usize,
 }
 
 impl Relay {
@@ -303,6 +309,7 @@ impl Relay {
         drop(paths);
         (stats.pairs_waiting, stats.pairs_joined) = self.shared.pairs.counts();
         (stats.live_paths, stats.live_receivers) = self.shared.lives.counts();
+        (stats.rooms, stats.room_members) = self.shared.rooms.counts();
         stats
     }
 }

@@ -54,7 +54,16 @@ enum Refusal {
     Multipart(String),
     #[error("{0}")]
     WebSocket(#[from] websocket::WsRefusal),
+    #[error("{0}")]
+    Room(#[from] relay::room::RoomError),
+    #[error("[ERROR] A room is joined with Accept: text/event-stream (or ?sse) or a WebSocket (?ws=room), and posted to with POST ?room[&from=ID].\n")]
+    RoomView,
+    #[error("[ERROR] A room message is at most 64 KiB.\n")]
+    RoomMessageTooLarge,
 }
+
+/// The largest message posted to a room over HTTP.
+pub const MAX_ROOM_MESSAGE: usize = 64 * 1024;
 
 impl Refusal {
     fn status(&self) -> StatusCode {
@@ -144,6 +153,14 @@ impl Handler {
             }
         }
         let live = query_value(req.uri().query(), "live").is_some();
+        if query_value(req.uri().query(), "room").is_some()
+            && (method == Method::POST || method == Method::PUT || method == Method::GET)
+        {
+            if reserved.is_some() {
+                return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
+            }
+            return self.room(req);
+        }
         if method == Method::POST || method == Method::PUT {
             if reserved.is_some() {
                 return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
@@ -244,6 +261,51 @@ impl Handler {
             .into_log()
             .map(|line| Ok::<_, body::BoxError>(Bytes::from(line.to_string())));
         Ok(message(StatusCode::OK, Body::Boxed(Box::pin(log))))
+    }
+
+    /// Signaling rooms over plain HTTP (`?room`): a GET asking for events
+    /// joins the room and gets the others' messages as SSE; a POST (or PUT)
+    /// of at most [`MAX_ROOM_MESSAGE`] bytes posts one message, from
+    /// member `from=ID` (who does not get it back) or from outside.
+    fn room<B>(&self, req: Request<B>) -> Route
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = req.uri().path().to_owned();
+        if req.method() == Method::GET {
+            if !sse::wanted(req.headers(), req.uri().query()) {
+                return Route::Now(Err(Refusal::RoomView));
+            }
+            return Route::Now(
+                self.relay
+                    .join_room(&path)
+                    .map(|member| {
+                        let events = sse::room_events(member).map(|item| item.map_err(Into::into));
+                        event_stream_response(Body::Boxed(Box::pin(events)))
+                    })
+                    .map_err(Refusal::from),
+            );
+        }
+        let from = match query_value(req.uri().query(), "from") {
+            Some(v) => match v.parse::<u64>() {
+                Ok(id) => Some(id),
+                Err(_) => return Route::Now(Err(Refusal::RoomView)),
+            },
+            None => None,
+        };
+        let relay = self.relay.clone();
+        Route::Later(Box::pin(async move {
+            let limited = http_body_util::Limited::new(req.into_body(), MAX_ROOM_MESSAGE);
+            let data = limited
+                .collect()
+                .await
+                .map_err(|_| Refusal::RoomMessageTooLarge)?
+                .to_bytes();
+            let text = std::str::from_utf8(&data).is_ok();
+            relay.post_to_room(&path, from, relay::pair::Message { text, data })?;
+            Ok(message(StatusCode::OK, Body::full("[INFO] Posted.\n")))
+        }))
     }
 
     /// Registers a receiver; the ticket resolves when its transfer starts.

@@ -216,6 +216,37 @@ where
     futures_util::stream::once(async move { Ok(start) }).chain(body)
 }
 
+/// A room member's messages as events: first `event: joined` with the
+/// member's id (to post with `?room&from=ID`), then one event per message
+/// (`event: binary` with base64 for binary ones), heartbeats while quiet.
+/// The member stays in the room as long as the stream lives.
+pub fn room_events(
+    member: crate::relay::room::Member,
+) -> impl Stream<Item = Result<Bytes, Cut>> + Send {
+    let start = Bytes::from(format!(
+        "retry: {RETRY_MS}\n\nevent: joined\ndata: {}\n\n",
+        member.id
+    ));
+    let body = futures_util::stream::unfold((member, 0u64), |(mut member, seq)| async move {
+        match tokio::time::timeout(HEARTBEAT, member.rx.recv()).await {
+            Err(_) => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (member, seq))),
+            Ok(Some(message)) => {
+                let mut out = BytesMut::new();
+                let seq = seq + 1;
+                if message.text {
+                    data_event(&mut out, seq, None, &String::from_utf8_lossy(&message.data));
+                } else {
+                    let text = base64::engine::general_purpose::STANDARD.encode(&message.data);
+                    data_event(&mut out, seq, Some("binary"), &text);
+                }
+                Some((Ok(out.freeze()), (member, seq)))
+            }
+            Ok(None) => None,
+        }
+    });
+    futures_util::stream::once(async move { Ok(start) }).chain(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,10 @@
 //!   (`aborted`) for one cut short.
 //! - `?ws=pair`: two sockets on a path are joined full duplex, each
 //!   message passed through unchanged (text stays text); when one leaves
-//!   the other is closed with the same code.
+//!   the other is closed (1000).
+//! - `?ws=room`: the socket is a member of the signaling room on the path:
+//!   its messages reach every other member (WebSocket or SSE), and theirs
+//!   reach it.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -45,13 +48,16 @@ pub enum Mode {
     Send,
     Receive,
     Pair,
+    Room,
 }
 
 /// Why a WebSocket request is refused before the upgrade.
 #[derive(Debug, thiserror::Error)]
 pub enum WsRefusal {
-    #[error("[ERROR] A WebSocket needs ?ws=send, ?ws=receive or ?ws=pair.\n")]
+    #[error("[ERROR] A WebSocket needs ?ws=send, ?ws=receive, ?ws=pair or ?ws=room.\n")]
     Mode,
+    #[error("{0}")]
+    Room(#[from] crate::relay::room::RoomError),
     #[error("[ERROR] Unsupported WebSocket handshake: {0}.\n")]
     Handshake(&'static str),
     #[error("{0}")]
@@ -86,6 +92,7 @@ fn mode(query: Option<&str>) -> Option<Mode> {
         "send" => Some(Mode::Send),
         "receive" | "recv" => Some(Mode::Receive),
         "pair" => Some(Mode::Pair),
+        "room" => Some(Mode::Room),
         _ => None,
     }
 }
@@ -102,6 +109,7 @@ enum Job {
     Send(SenderLog, mpsc::Sender<Result<Bytes, BodyError>>),
     Receive(crate::relay::ReceiverTicket),
     Pair(crate::relay::pair::PairTicket),
+    Room(crate::relay::room::Member),
 }
 
 /// Accepts a WebSocket handshake: registers with the relay, answers 101
@@ -137,6 +145,7 @@ pub fn accept<B>(
         }
         Mode::Receive => Job::Receive(relay.receive(&path, n)?),
         Mode::Pair => Job::Pair(relay.pair(&path)?),
+        Mode::Room => Job::Room(relay.join_room(&path)?),
     };
     let upgrade = hyper::upgrade::on(&mut req);
     drop(req);
@@ -155,6 +164,7 @@ pub fn accept<B>(
             Job::Send(log, tx) => run_sender(socket, log, tx).await,
             Job::Receive(ticket) => run_receiver(socket, ticket).await,
             Job::Pair(ticket) => run_pair(socket, ticket).await,
+            Job::Room(member) => run_member(socket, member).await,
         }
     });
     let mut response = Response::new(Body::empty());
@@ -301,16 +311,8 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
     loop {
         tokio::select! {
             incoming = rx.recv() => match incoming {
-                Some(Message { text, data }) => {
-                    let msg = if text {
-                        match String::from_utf8(data.to_vec()) {
-                            Ok(s) => WsMessage::text(s),
-                            Err(_) => WsMessage::Binary(data),
-                        }
-                    } else {
-                        WsMessage::Binary(data)
-                    };
-                    if socket.send(msg).await.is_err() {
+                Some(message) => {
+                    if socket.send(to_ws(message)).await.is_err() {
                         return;
                     }
                 }
@@ -337,6 +339,43 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
     }
 }
 
+/// A room member: its messages go to the others, theirs come to it.
+async fn run_member(mut socket: Socket, mut member: crate::relay::room::Member) {
+    loop {
+        tokio::select! {
+            incoming = member.rx.recv() => match incoming {
+                Some(message) => {
+                    if socket.send(to_ws(message)).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    // Dropped from the room for not keeping up.
+                    let _ = socket.send(close(CloseCode::Again, "too slow")).await;
+                    return;
+                }
+            },
+            message = socket.next() => match message {
+                Some(Ok(WsMessage::Text(t))) => member.post(Message { text: true, data: Bytes::from(t) }),
+                Some(Ok(WsMessage::Binary(b))) => member.post(Message { text: false, data: b }),
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+fn to_ws(Message { text, data }: Message) -> WsMessage {
+    if text {
+        match String::from_utf8(data.to_vec()) {
+            Ok(s) => WsMessage::text(s),
+            Err(_) => WsMessage::Binary(data),
+        }
+    } else {
+        WsMessage::Binary(data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +385,7 @@ mod tests {
         assert_eq!(mode(Some("ws=send&n=2")), Some(Mode::Send));
         assert_eq!(mode(Some("n=2&ws=receive")), Some(Mode::Receive));
         assert_eq!(mode(Some("ws=pair")), Some(Mode::Pair));
+        assert_eq!(mode(Some("ws=room")), Some(Mode::Room));
         assert_eq!(mode(Some("ws=other")), None);
         assert_eq!(mode(None), None);
     }
