@@ -20,13 +20,16 @@ pub const MEMBER_QUEUE: usize = 256;
 /// Members of one room at most.
 pub const MAX_MEMBERS: usize = 64;
 
+/// A room's members and their queues, by member id.
+type Room = HashMap<u64, mpsc::Sender<Message>>;
+
 #[derive(Default)]
 pub(super) struct Rooms {
-    map: Mutex<HashMap<Box<str>, HashMap<u64, mpsc::Sender<Message>>>>,
+    map: Mutex<HashMap<Box<str>, Room>>,
 }
 
 impl Rooms {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, HashMap<u64, mpsc::Sender<Message>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Room>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
