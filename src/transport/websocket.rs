@@ -191,58 +191,90 @@ fn close(code: CloseCode, reason: &'static str) -> WsMessage {
 #[error("the sending WebSocket {0}")]
 struct SocketCut(String);
 
-/// A sending socket: messages become the body; the log goes back as text.
-async fn run_sender(
-    mut socket: Socket,
-    mut log: SenderLog,
-    tx: mpsc::Sender<Result<Bytes, BodyError>>,
-) {
-    let mut tx = Some(tx);
-    let mut log_open = true;
-    loop {
-        tokio::select! {
-            line = log.next(), if log_open => match line {
-                Some(line) => {
-                    if socket.send(WsMessage::text(line.to_string())).await.is_err() {
-                        return; // dropping the log aborts the transfer
-                    }
-                }
-                None => log_open = false,
-            },
-            message = socket.next(), if tx.is_some() => {
-                let item = match message {
-                    Some(Ok(WsMessage::Binary(data))) => Some(Ok(data)),
-                    Some(Ok(WsMessage::Text(text))) => Some(Ok(Bytes::from(text))),
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        let clean = frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
-                        if clean {
-                            tx = None; // the end of the body
-                            None
-                        } else {
-                            Some(Err(SocketCut(format!("closed with {:?}", frame.map(|f| f.code))).into()))
-                        }
-                    }
-                    Some(Ok(_)) => None, // ping, pong: nothing to relay
-                    Some(Err(e)) => Some(Err(SocketCut(e.to_string()).into())),
-                    None => Some(Err(SocketCut("went away".into()).into())),
-                };
-                if let (Some(item), Some(sender)) = (item, tx.as_ref()) {
-                    let failed = item.is_err();
-                    if sender.send(item).await.is_err() || failed {
-                        tx = None;
-                        if failed {
-                            // Keep polling the log: it reports the abort.
-                            continue;
-                        }
-                    }
-                }
+/// What a message from a sending socket means for the body.
+enum Incoming {
+    Data(Bytes),
+    End,
+    Cut(BodyError),
+    Nothing,
+}
+
+fn incoming(message: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>) -> Incoming {
+    match message {
+        Some(Ok(WsMessage::Binary(data))) => Incoming::Data(data),
+        Some(Ok(WsMessage::Text(text))) => Incoming::Data(Bytes::from(text)),
+        Some(Ok(WsMessage::Close(frame))) => {
+            if frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal) {
+                Incoming::End
+            } else {
+                let code = frame.map(|f| u16::from(f.code)).unwrap_or_default();
+                Incoming::Cut(SocketCut(format!("closed with code {code}")).into())
             }
         }
-        if !log_open {
-            break;
+        Some(Ok(_)) => Incoming::Nothing, // ping, pong
+        Some(Err(e)) => Incoming::Cut(SocketCut(e.to_string()).into()),
+        None => Incoming::Cut(SocketCut("went away".into()).into()),
+    }
+}
+
+type BodySender = mpsc::Sender<Result<Bytes, BodyError>>;
+
+async fn reserve(tx: Option<BodySender>) -> Option<mpsc::OwnedPermit<Result<Bytes, BodyError>>> {
+    tx?.reserve_owned().await.ok()
+}
+
+/// A sending socket: messages become the body; the log goes back as text.
+///
+/// The log is polled all along (polling it runs the transfer), and a
+/// message is read from the socket only when the body has room for it, so
+/// a slow transfer holds the socket back instead of stalling the relay.
+/// After the client's closing handshake (or a failed write) log lines are
+/// no longer sent, but the transfer still runs to its end.
+async fn run_sender(mut socket: Socket, mut log: SenderLog, tx: BodySender) {
+    let mut tx = Some(tx);
+    let mut permit = None;
+    let mut writable = true;
+    loop {
+        tokio::select! {
+            line = log.next() => match line {
+                Some(line) => {
+                    if writable && socket.send(WsMessage::text(line.to_string())).await.is_err() {
+                        writable = false;
+                    }
+                }
+                None => break, // the transfer is over
+            },
+            got = reserve(tx.clone()), if tx.is_some() && permit.is_none() => match got {
+                Some(p) => permit = Some(p),
+                None => tx = None, // the transfer is gone
+            },
+            message = socket.next(), if permit.is_some() => match incoming(message) {
+                Incoming::Data(data) => {
+                    if let Some(p) = permit.take() {
+                        p.send(Ok(data));
+                    }
+                }
+                Incoming::End => {
+                    // The end of the body; answer the closing handshake.
+                    permit = None;
+                    tx = None;
+                    let _ = socket.flush().await;
+                    writable = false;
+                }
+                Incoming::Cut(error) => {
+                    if let Some(p) = permit.take() {
+                        p.send(Err(error));
+                    }
+                    tx = None;
+                    writable = false;
+                }
+                Incoming::Nothing => {}
+            },
         }
     }
-    let _ = socket.send(close(CloseCode::Normal, "")).await;
+    if writable {
+        let _ = socket.send(close(CloseCode::Normal, "")).await;
+    }
     let _ = socket.close(None).await;
 }
 
@@ -255,7 +287,12 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
         tokio::select! {
             delivery = &mut ready => break delivery,
             message = socket.next() => match message {
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(WsMessage::Close(_))) => {
+                    // Answer the closing handshake (tungstenite queued it).
+                    let _ = socket.flush().await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
         }
@@ -284,7 +321,12 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
                 }
             },
             message = socket.next() => match message {
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(WsMessage::Close(_))) => {
+                    // Answer the closing handshake (tungstenite queued it).
+                    let _ = socket.flush().await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
         }
@@ -302,12 +344,21 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
                 None => return,
             },
             message = socket.next() => match message {
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(WsMessage::Close(_))) => {
+                    // Answer the closing handshake (tungstenite queued it).
+                    let _ = socket.flush().await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {} // nobody to give it to yet
             },
         }
     };
     let PairEnd { tx, mut rx, .. } = end;
+    // A message is read from the socket only once the partner's queue has
+    // room for it, and the partner's messages are delivered meanwhile: two
+    // busy directions never wait on each other.
+    let mut permit = None;
     loop {
         tokio::select! {
             incoming = rx.recv() => match incoming {
@@ -323,16 +374,28 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
                     return;
                 }
             },
-            message = socket.next() => {
+            got = tx.clone().reserve_owned(), if permit.is_none() => match got {
+                Ok(p) => permit = Some(p),
+                Err(_) => {
+                    let _ = socket.send(close(CloseCode::Normal, "the other side left")).await;
+                    let _ = socket.close(None).await;
+                    return;
+                }
+            },
+            message = socket.next(), if permit.is_some() => {
                 let message = match message {
                     Some(Ok(WsMessage::Text(t))) => Message { text: true, data: Bytes::from(t) },
                     Some(Ok(WsMessage::Binary(b))) => Message { text: false, data: b },
-                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(WsMessage::Close(_))) => {
+                        // Answer the closing handshake (tungstenite queued it).
+                        let _ = socket.flush().await;
+                        return;
+                    }
+                    Some(Err(_)) | None => return,
                     Some(Ok(_)) => continue,
                 };
-                if tx.send(message).await.is_err() {
-                    let _ = socket.send(close(CloseCode::Normal, "the other side left")).await;
-                    return;
+                if let Some(p) = permit.take() {
+                    p.send(message);
                 }
             }
         }
@@ -358,7 +421,12 @@ async fn run_member(mut socket: Socket, mut member: crate::relay::room::Member) 
             message = socket.next() => match message {
                 Some(Ok(WsMessage::Text(t))) => member.post(Message { text: true, data: Bytes::from(t) }),
                 Some(Ok(WsMessage::Binary(b))) => member.post(Message { text: false, data: b }),
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(WsMessage::Close(_))) => {
+                    // Answer the closing handshake (tungstenite queued it).
+                    let _ = socket.flush().await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
         }
