@@ -15,6 +15,7 @@
 //! an offset still in the window (SSE's `Last-Event-ID`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -25,8 +26,11 @@ use super::{ByteStream, Head, Reject, Relay, Shared};
 
 /// Bytes of the most recent stream kept for receivers and resumption.
 pub const LIVE_WINDOW: usize = 8 << 20;
+/// A line spread over several chunks is copied into one piece up to this
+/// length (beyond it, it is handed over chunk by chunk).
+const MAX_JOINED_LINE: u64 = 1 << 20;
 /// Frame starts remembered inside the window (the newest ones).
-const MAX_FRAME_STARTS: usize = 4096;
+const MAX_FRAME_STARTS: usize = 65536;
 
 /// How a live stream ended, as its receivers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,9 @@ pub enum LiveError {
 #[derive(Default)]
 pub(super) struct Lives {
     map: Mutex<HashMap<Box<str>, Arc<Channel>>>,
+    /// Every live receiver, also those still reading a stream that ended
+    /// (whose channel has left the map).
+    receivers: AtomicUsize,
 }
 
 impl Lives {
@@ -56,9 +63,8 @@ impl Lives {
 
     /// (live paths, receivers reading them).
     pub(super) fn counts(&self) -> (usize, usize) {
-        let map = self.lock();
-        let receivers = map.values().map(|c| c.state().receivers).sum();
-        (map.len(), receivers)
+        let paths = self.lock().len();
+        (paths, self.receivers.load(Ordering::SeqCst))
     }
 }
 
@@ -117,6 +123,9 @@ impl Framing {
         match self {
             Framing::None => {}
             Framing::Lines => {
+                if offset == 0 && !chunk.is_empty() {
+                    out.push(0); // the first line starts the stream
+                }
                 for (i, b) in chunk.iter().enumerate() {
                     if *b == b'\n' {
                         out.push(offset + i as u64 + 1);
@@ -201,6 +210,40 @@ impl State {
             .find(|&f| f < self.end || self.end == 0)
     }
 
+    /// What a receiver at `cursor` may read now: to the end of its chunk,
+    /// but for a text stream only whole lines (a line still being written
+    /// waits for its end), so that a receiver is never left in the middle
+    /// of a line when it has to skip ahead.
+    fn readable(&self, cursor: u64) -> Option<Bytes> {
+        let piece = self.read_at(cursor)?;
+        if !matches!(self.framing, Framing::Lines) || self.ended.is_some() {
+            return Some(piece);
+        }
+        let piece_end = cursor + piece.len() as u64;
+        let i = self.frame_starts.partition_point(|&f| f <= piece_end);
+        match self.frame_starts.get(i.wrapping_sub(1)) {
+            Some(&f) if f > cursor => Some(piece.slice(..(f - cursor) as usize)),
+            // The line goes on in later chunks and ends there: hand it
+            // over whole (copied together), unless it is very long.
+            _ => {
+                let j = self.frame_starts.partition_point(|&f| f <= cursor);
+                let end = *self.frame_starts.get(j)?;
+                if end - cursor > MAX_JOINED_LINE {
+                    return Some(piece);
+                }
+                let mut line = Vec::with_capacity((end - cursor) as usize);
+                let mut at = cursor;
+                while at < end {
+                    let part = self.read_at(at)?;
+                    let take = part.len().min((end - at) as usize);
+                    line.extend_from_slice(&part[..take]);
+                    at += take as u64;
+                }
+                Some(line.into())
+            }
+        }
+    }
+
     /// Bytes from `cursor` to the end of its chunk.
     fn read_at(&self, cursor: u64) -> Option<Bytes> {
         if cursor < self.start || cursor >= self.end {
@@ -276,15 +319,16 @@ impl LiveSender {
 
 impl Drop for LiveSender {
     fn drop(&mut self) {
+        // Under the map's lock (map, then channel: the order everywhere),
+        // so that no new sender can take this channel in between.
+        let mut map = self.shared.lives.lock();
         {
             let mut state = self.channel.state();
             state.ended = Some(self.ending.unwrap_or(Ending::Aborted));
             state.sender = None;
         }
-        self.channel.notify.notify_waiters();
         // The path is free for the next live stream; receivers keep the
         // channel until they have read what is left.
-        let mut map = self.shared.lives.lock();
         if map
             .get(&self.path)
             .is_some_and(|c| Arc::ptr_eq(c, &self.channel))
@@ -292,6 +336,7 @@ impl Drop for LiveSender {
             map.remove(&self.path);
         }
         drop(map);
+        self.channel.notify.notify_waiters();
         self.shared.changed.notify_waiters();
     }
 }
@@ -315,6 +360,7 @@ pub struct LiveReceiver {
 
 impl Drop for LiveReceiver {
     fn drop(&mut self) {
+        self.shared.lives.receivers.fetch_sub(1, Ordering::SeqCst);
         let remove = {
             let mut state = self.channel.state();
             state.receivers -= 1;
@@ -385,7 +431,7 @@ impl LiveReceiver {
                                     }
                                     _ => Some(Err(LiveError::Lagged)),
                                 }
-                            } else if let Some(bytes) = state.read_at(at) {
+                            } else if let Some(bytes) = state.readable(at) {
                                 Some(Ok((at, bytes)))
                             } else {
                                 match state.ended {
@@ -422,7 +468,10 @@ impl Relay {
         let shared = &self.shared;
         let id = shared.next_id();
         let mut map = shared.lives.lock();
-        let channel = match map.get(path) {
+        // A channel whose stream ended is left to its receivers; a new
+        // stream gets a new channel.
+        let reusable = map.get(path).filter(|c| c.state().ended.is_none()).cloned();
+        let channel = match reusable {
             Some(c) => {
                 let mut state = c.state();
                 if state.sender.is_some() {
@@ -431,7 +480,8 @@ impl Relay {
                 state.framing = Framing::for_head(&head);
                 state.head = Some(head);
                 state.sender = Some(id);
-                Arc::clone(c)
+                drop(state);
+                c
             }
             None => {
                 let c = Arc::new(Channel {
@@ -487,6 +537,7 @@ impl Relay {
             })
         }));
         channel.state().receivers += 1;
+        shared.lives.receivers.fetch_add(1, Ordering::SeqCst);
         drop(map);
         shared.changed.notify_waiters();
         LiveReceiver {
@@ -631,5 +682,40 @@ mod tests {
             "skipped ahead to {offset}"
         );
         assert_eq!(offset % 1024, 0, "at a line start");
+    }
+}
+#[cfg(test)]
+mod first_line {
+    use super::*;
+    use crate::relay::{BodyError, RelayConfig};
+    use tokio::sync::mpsc;
+
+    #[tokio::test]
+    async fn a_joiner_during_the_first_line_gets_it_whole() {
+        let relay = Relay::new(RelayConfig::default());
+        let (tx, rx) = mpsc::channel::<Result<Bytes, BodyError>>(4);
+        let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|i| (i, rx))
+        }));
+        let head = Head {
+            content_type: Some(Bytes::from_static(b"text/plain")),
+            ..Head::default()
+        };
+        let sender = relay.live_send("/f", head, body).unwrap();
+        let run = tokio::spawn(sender.run());
+        tx.send(Ok(Bytes::from_static(b"seq-00"))).await.unwrap();
+        let mut late = Box::pin(relay.live_receive("/f").stream(Join::Now));
+        tx.send(Ok(Bytes::from_static(b"00\nseq-0001\n")))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 9 {
+            let (at, bytes) = late.next().await.unwrap().unwrap();
+            assert_eq!(at, got.len() as u64);
+            got.extend_from_slice(&bytes);
+        }
+        assert_eq!(&got[..9], b"seq-0000\n");
+        drop(tx);
+        run.await.unwrap();
     }
 }

@@ -427,9 +427,35 @@ async fn live_response(
             event_stream_response(Body::Boxed(Box::pin(events)))
         }
         None => {
-            let bytes = receiver
-                .stream(relay::live::Join::Now)
-                .map(|item| item.map(|(_, b)| b).map_err(Into::into));
+            // A receiver that skipped ahead stopped in the middle of a
+            // frame: end that frame before the next starts, so the next is
+            // read whole (a line after "\n"; a part after "\r\n", the
+            // start of every multipart delimiter).
+            let multipart = head
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with(b"multipart/"));
+            let mut expected = None::<u64>;
+            let mut last = b'\n';
+            let bytes = receiver.stream(relay::live::Join::Now).map(move |item| {
+                item.map(|(at, b)| {
+                    let gap = expected.is_some_and(|e| e != at);
+                    expected = Some(at + b.len() as u64);
+                    let closing: &[u8] = match (gap, multipart) {
+                        (false, _) => b"",
+                        (true, true) => b"\r\n",
+                        (true, false) if last != b'\n' => b"\n",
+                        (true, false) => b"",
+                    };
+                    last = b.last().copied().unwrap_or(last);
+                    if closing.is_empty() {
+                        b
+                    } else {
+                        Bytes::from([closing, &b[..]].concat())
+                    }
+                })
+                .map_err(Into::into)
+            });
             let mut response = Response::new(Body::Boxed(Box::pin(bytes)));
             let headers = response.headers_mut();
             if let Some(v) = head.content_type.and_then(to_value) {

@@ -11,8 +11,9 @@
 //!   exactly where it left off. The stream opens with `retry: 2000`.
 //! - A comment line (`: keep-alive`) every 15 s of silence keeps proxies
 //!   from closing it.
-//! - `event: end` closes a complete stream; `event: abort` (then an
-//!   aborted response) a cut one.
+//! - `event: end` closes a complete stream, `event: abort` a cut one (the
+//!   response then ends: an aborted response would lose the event on the
+//!   way, and EventSource cannot tell one from a clean end anyway).
 
 use std::time::Duration;
 
@@ -124,7 +125,10 @@ impl Encoder {
                 self.offset = end;
             }
             Encoding::Text => {
-                if self.partial.is_empty() {
+                if self.partial.is_empty() || at != self.offset {
+                    // A gap (a live receiver skipped ahead): the unfinished
+                    // line before it can never be completed; drop it.
+                    self.partial.clear();
                     self.offset = at;
                 }
                 let mut rest = bytes;
@@ -172,47 +176,39 @@ where
         partial: BytesMut::new(),
         offset: 0,
     };
-    enum Phase<S> {
-        Running(S, Encoder),
-        Fail(Cut),
-    }
-    let body =
-        futures_util::stream::unfold(Some(Phase::Running(pieces, encoder)), |phase| async move {
-            let (mut pieces, mut encoder) = match phase? {
-                Phase::Running(p, e) => (p, e),
-                Phase::Fail(cut) => return Some((Err(cut), None)),
-            };
-            loop {
-                let mut out = BytesMut::new();
-                match tokio::time::timeout(HEARTBEAT, pieces.next()).await {
-                    Err(_) => {
-                        let beat = Bytes::from_static(b": keep-alive\n\n");
-                        return Some((Ok(beat), Some(Phase::Running(pieces, encoder))));
+    let body = futures_util::stream::unfold(Some((pieces, encoder)), |state| async move {
+        let (mut pieces, mut encoder) = state?;
+        loop {
+            let mut out = BytesMut::new();
+            match tokio::time::timeout(HEARTBEAT, pieces.next()).await {
+                Err(_) => {
+                    let beat = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok(beat), Some((pieces, encoder))));
+                }
+                Ok(Some(Ok((at, bytes)))) => {
+                    encoder.piece(at, &bytes, &mut out);
+                    if out.is_empty() {
+                        continue; // half a line so far
                     }
-                    Ok(Some(Ok((at, bytes)))) => {
-                        encoder.piece(at, &bytes, &mut out);
-                        if out.is_empty() {
-                            continue; // half a line so far
-                        }
-                        return Some((Ok(out.freeze()), Some(Phase::Running(pieces, encoder))));
-                    }
-                    Ok(None) => {
-                        encoder.finish(&mut out);
-                        out.extend_from_slice(b"event: end\ndata: \n\n");
-                        return Some((Ok(out.freeze()), None));
-                    }
-                    Ok(Some(Err(cut))) => {
-                        // The abort event, then the error that aborts the
-                        // response.
-                        encoder.finish(&mut out);
-                        out.extend_from_slice(
-                            format!("event: abort\ndata: {}\n\n", cut.0).as_bytes(),
-                        );
-                        return Some((Ok(out.freeze()), Some(Phase::Fail(cut))));
-                    }
+                    return Some((Ok(out.freeze()), Some((pieces, encoder))));
+                }
+                Ok(None) => {
+                    encoder.finish(&mut out);
+                    out.extend_from_slice(b"event: end\ndata: \n\n");
+                    return Some((Ok(out.freeze()), None));
+                }
+                Ok(Some(Err(cut))) => {
+                    // The abort event ends the stream: an aborted
+                    // response would lose it (and the last line) on the
+                    // way, and EventSource cannot tell one from a clean
+                    // end anyway.
+                    encoder.finish(&mut out);
+                    out.extend_from_slice(format!("event: abort\ndata: {}\n\n", cut.0).as_bytes());
+                    return Some((Ok(out.freeze()), None));
                 }
             }
-        });
+        }
+    });
     futures_util::stream::once(async move { Ok(start) }).chain(body)
 }
 
@@ -296,7 +292,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_cut_stream_ends_with_abort_and_an_error() {
+    async fn a_cut_stream_ends_with_an_abort_event() {
         let (out, failed) = encode(
             vec![
                 Ok((0, Bytes::from_static(b"a\n"))),
@@ -309,7 +305,24 @@ mod tests {
             out.ends_with("event: abort\ndata: sender left\n\n"),
             "{out}"
         );
-        assert!(failed);
+        assert!(!failed);
+    }
+
+    #[tokio::test]
+    async fn a_gap_drops_the_unfinished_line_and_ids_stay_offsets() {
+        let (out, _) = encode(
+            vec![
+                Ok((0, Bytes::from_static(b"whole\nhal"))),
+                Ok((100, Bytes::from_static(b"next\n"))),
+            ],
+            Encoding::Text,
+        )
+        .await;
+        assert!(
+            out.contains("id: 6\ndata: whole\n\nid: 105\ndata: next\n\n"),
+            "{out}"
+        );
+        assert!(!out.contains("hal"), "{out}");
     }
 
     #[test]
