@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: curl (real client), socat (the raw
-# relay reference in the benchmark), Node.js and npm (the reference server),
-# Chromium (the real browser of tests/browser.rs), `script` from bsdutils (a
-# pseudo-terminal for the progress bar in tests/client_interop.rs) and tar
-# (unpacks a folder the client sent, in the same file).
+# relay reference in the benchmark, the tunnel recipes of tests/tunnel.rs),
+# Node.js and npm (the reference server), Chromium (the real browser of
+# tests/browser.rs), `script` from bsdutils (a pseudo-terminal for the
+# progress bar in tests/client_interop.rs), tar (unpacks a folder the
+# client sent, in the same file) and OpenSSH, server and client (sshd, ssh,
+# scp and ssh-keygen carried through the tunnels of tests/tunnel.rs).
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v socat >/dev/null || need+=(socat)
@@ -18,6 +20,8 @@ command -v npm >/dev/null || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v script >/dev/null || need+=(bsdutils)
 command -v tar >/dev/null || need+=(tar)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

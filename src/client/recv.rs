@@ -251,7 +251,7 @@ fn sink(
 ) -> Result<Option<String>, ClientError> {
     let to_stdout = output == Some(Path::new("-")) || output.is_none() && meta.kind == Kind::Stream;
     if to_stdout {
-        let mut out = io::stdout().lock();
+        let mut out = raw_stdout().map_err(|e| ClientError::local("cannot write to stdout", e))?;
         copy_all(reader, &mut out).map_err(|e| ClientError::local("cannot write to stdout", e))?;
         return Ok(None);
     }
@@ -296,6 +296,28 @@ fn sink(
 /// Writes to a clearly named partial file beside `target`, renamed into
 /// place only when everything arrived; removed on failure.
 fn write_file(reader: &mut ChunkReader, target: &Path, meta: &Meta) -> Result<(), ClientError> {
+    // Not a regular file (`/dev/null`, a FIFO, a terminal): write into it;
+    // a partial file renamed over it would replace the device itself.
+    if fs::metadata(target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .open(target)
+            .map_err(|e| ClientError::local(format!("cannot open {}", target.display()), e))?;
+        copy_all(reader, &mut out)
+            .map_err(|e| ClientError::local(format!("cannot write {}", target.display()), e))?;
+        return Ok(());
+    }
+    // A symlink to a file: replace the file it points to, not the link.
+    let resolved;
+    let target = match fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = fs::canonicalize(target).map_err(|e| {
+                ClientError::local(format!("cannot follow {}", target.display()), e)
+            })?;
+            resolved.as_path()
+        }
+        _ => target,
+    };
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -327,6 +349,20 @@ fn apply_attributes(file: &fs::File, meta: &Meta) {
         let _ = file
             .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64));
     }
+}
+
+/// Standard output without the standard library's line buffering (which
+/// splits every large write at its last newline): a handle on the same
+/// file descriptor.
+#[cfg(unix)]
+fn raw_stdout() -> io::Result<fs::File> {
+    use std::os::fd::AsFd;
+    Ok(fs::File::from(io::stdout().as_fd().try_clone_to_owned()?))
+}
+
+#[cfg(not(unix))]
+fn raw_stdout() -> io::Result<io::StdoutLock<'static>> {
+    Ok(io::stdout().lock())
 }
 
 /// Copies in large pieces (io::copy's 8 KiB would mean many small writes).

@@ -107,12 +107,18 @@ where
             Ok(c) => c,
             Err(e) => return Ended::Broken(e),
         };
-        if let Err(e) = writer.write_all(&chunk).await {
+        // Flushed at once: stdout (an ssh ProxyCommand) buffers otherwise.
+        if let Err(e) = write_now(&mut writer, &chunk).await {
             return Ended::Broken(format!("local write: {e}"));
         }
     }
     let _ = writer.shutdown().await;
     Ended::Clean
+}
+
+async fn write_now<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// The frames of an upload, produced by a task reading the socket: data
@@ -220,14 +226,23 @@ impl FramedDownload {
         loop {
             match self.next().await {
                 Ok(Some(Frame::Data(bytes))) => {
-                    if let Err(e) = writer.write_all(&bytes).await {
+                    if let Err(e) = write_now(&mut writer, &bytes).await {
                         return Ended::Broken(format!("local write: {e}"));
                     }
                 }
                 Ok(Some(Frame::Ping)) => {}
                 Ok(Some(Frame::End)) => {
                     let _ = writer.shutdown().await;
-                    return Ended::Clean;
+                    // Read the stream to its end: leaving before it ends
+                    // would look to the relay like a receiver that aborted,
+                    // and the other side would tear the connection down.
+                    return match self.next().await {
+                        Ok(None) => Ended::Clean,
+                        Ok(Some(other)) => {
+                            Ended::Broken(format!("a frame after the end: {other:?}"))
+                        }
+                        Err(e) => Ended::Broken(e),
+                    };
                 }
                 Ok(Some(Frame::Reset(why))) => {
                     return Ended::Broken(format!("reset by the other side: {why}"))

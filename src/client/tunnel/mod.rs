@@ -133,9 +133,12 @@ fn instructions(conn: &Connection, opts: &TunnelOptions, local: Option<SocketAdd
                 "On the host that wants the service, run:\n  tubes tunnel client --port {port}{mode} {paths}{flags}"
             );
             if !opts.mux && !encrypted && matches!(opts.role, Role::Server { .. }) {
+                // socat splits EXEC: at every ':', so the URL's are escaped.
+                let esc = base.replace(':', "\\:");
                 text.push_str(&format!(
-                    "\nor, with curl and socat only:\n  socat TCP-LISTEN:{port},reuseaddr 'EXEC:curl -NsS{curl_k} {base}/{}!!EXEC:curl -NsS{curl_k}T - {base}/{}'",
-                    p.sc, p.cs
+                    "\nor, with curl and socat only:\n  socat TCP-LISTEN:{port},reuseaddr 'EXEC:curl -NsS{curl_k} {esc}/{}!!EXEC:curl -NsS{curl_k}T - {esc}/{}'",
+                    p.sc.replace(':', "\\:"),
+                    p.cs.replace(':', "\\:")
                 ));
             }
             text
