@@ -180,6 +180,26 @@ pub fn accept<B>(
     Ok(response)
 }
 
+/// How long a closing socket waits for the client's close in reply.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the closing handshake and waits (a little) for the client's
+/// reply: dropping the connection at once can lose the close frame on the
+/// way (over HTTP/2 the stream is reset), and the client sees 1006.
+async fn closing(socket: &mut Socket, code: CloseCode, reason: &'static str) {
+    if socket.send(close(code, reason)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn close(code: CloseCode, reason: &'static str) -> WsMessage {
     WsMessage::Close(Some(CloseFrame {
         code,
@@ -273,7 +293,7 @@ async fn run_sender(mut socket: Socket, mut log: SenderLog, tx: BodySender) {
         }
     }
     if writable {
-        let _ = socket.send(close(CloseCode::Normal, "")).await;
+        closing(&mut socket, CloseCode::Normal, "").await;
     }
     let _ = socket.close(None).await;
 }
@@ -298,7 +318,7 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
         }
     };
     let Some(delivery) = delivery else {
-        let _ = socket.send(close(CloseCode::Error, "aborted")).await;
+        closing(&mut socket, CloseCode::Error, "aborted").await;
         return;
     };
     let mut body = delivery.body;
@@ -311,12 +331,11 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
                     }
                 }
                 Some(Err(_)) => {
-                    let _ = socket.send(close(CloseCode::Error, "aborted")).await;
+                    closing(&mut socket, CloseCode::Error, "aborted").await;
                     return;
                 }
                 None => {
-                    let _ = socket.send(close(CloseCode::Normal, "end")).await;
-                    let _ = socket.close(None).await;
+                    closing(&mut socket, CloseCode::Normal, "end").await;
                     return;
                 }
             },
@@ -369,16 +388,14 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
                 }
                 None => {
                     // The partner left.
-                    let _ = socket.send(close(CloseCode::Normal, "the other side left")).await;
-                    let _ = socket.close(None).await;
+                    closing(&mut socket, CloseCode::Normal, "the other side left").await;
                     return;
                 }
             },
             got = tx.clone().reserve_owned(), if permit.is_none() => match got {
                 Ok(p) => permit = Some(p),
                 Err(_) => {
-                    let _ = socket.send(close(CloseCode::Normal, "the other side left")).await;
-                    let _ = socket.close(None).await;
+                    closing(&mut socket, CloseCode::Normal, "the other side left").await;
                     return;
                 }
             },
@@ -414,7 +431,7 @@ async fn run_member(mut socket: Socket, mut member: crate::relay::room::Member) 
                 }
                 None => {
                     // Dropped from the room for not keeping up.
-                    let _ = socket.send(close(CloseCode::Again, "too slow")).await;
+                    closing(&mut socket, CloseCode::Again, "too slow").await;
                     return;
                 }
             },
