@@ -445,6 +445,8 @@ def cmd_client(a):
     """One transfer of figure 9: sender -> tubes serve -> receiver. Wall time
     from the sender's start to both clients' exit; CPU of each client from
     wait4 (user and system apart)."""
+    if not os.path.exists(f"/proc/{a.pid}/stat"):
+        raise SystemExit(f"tubes serve (pid {a.pid}) is gone")
     size = os.path.getsize(a.file)
     base = f"http://{HOST}:{a.port}"
     path = f"/bench-client-{a.mode}-{random.getrandbits(48):x}"
@@ -478,7 +480,10 @@ def cmd_client(a):
         ch.reap(["s"], a.max_time + 5)
         ch.reap(["s", "r"], (a.max_time + 5) if ch.done.get("s", {}).get("rc") == 0 else 2)
         time.sleep(0.05)
-        cpu1 = proc_cpu(a.pid)
+        try:
+            cpu1 = proc_cpu(a.pid)
+        except FileNotFoundError:
+            raise SystemExit(f"tubes serve (pid {a.pid}) went away during the transfer")
         busy1 = busy_seconds()
     finally:
         ch.cleanup()
@@ -492,12 +497,13 @@ def cmd_client(a):
         except ValueError:
             got = 0
     else:
-        # Bytes the receiver wrote (to /dev/null, plus its few hundred
-        # bytes of requests), from its /proc/PID/io just before reaping.
+        # Bytes the receiver wrote, from its /proc/PID/io just before
+        # reaping: the file (to /dev/null) plus its requests and the 8-byte
+        # eventfd wake-ups of its runtime (tens of KB per GiB).
         got = d_r.get("wchar") or 0
     wall = max(d_r.get("end", t0) - t0, d_s.get("end", t0) - t0, 1e-9)
     ok = (d_s.get("rc") == 0 and d_r.get("rc") == 0
-          and (got == size if curl else size <= got <= size + 65536))
+          and (got == size if curl else size <= got <= size + max(1 << 20, size // 100)))
     rec = dict(fig="client", server="tubes", mode=a.mode, tag=a.tag, ok=ok, size=size,
                delivered=got, wall=wall, mbps=size / wall / 1e6 if ok else 0,
                sender_rc=d_s.get("rc"), receiver_rc=d_r.get("rc"),
@@ -965,7 +971,8 @@ def cmd_report(a):
         good = [r for r in rs if r["ok"]]
         if not good:
             return "fail" if rs else None
-        f = (lambda r: r[key] / (r["size"] / GIB)) if per_gib else (lambda r: r[key])
+        v = key if callable(key) else (lambda r: r[key])
+        f = (lambda r: v(r) / (r["size"] / GIB)) if per_gib else v
         return statistics.median(f(r) for r in good)
 
     def cpair(mode, k1, k2, per_gib=True, nd=2):
@@ -992,8 +999,13 @@ def cmd_report(a):
             row(f"  {label} MB/s", t, None, None, "info", nd=0)
             if versus:
                 r9 = ratio(t, cmed(versus, "mbps")) if num(t) else None
-                row(f"    / {versus}", r9, None, None, target,
-                    verdict(r9 >= 0.75) if target == ">= 0.75" and num(r9) else None)
+                v9 = verdict(r9 >= 0.75) if target == ">= 0.75" and num(r9) else None
+                # Other load during these runs (as in the footer): the
+                # MB/s ratio is not to be trusted then.
+                noise = [cmed(m, "other_cores") for m in (mode, versus)]
+                if v9 and any(num(x) and x > 0.15 for x in noise):
+                    v9 += " (noisy: see CPU ratio)"
+                row(f"    / {versus}", r9, None, None, target, v9)
                 if versus == "plain":
                     # The same with each mode's fixed cost (the 1 KiB
                     # transfer's wall time) left out, for where the time goes.
@@ -1003,10 +1015,15 @@ def cmd_report(a):
                     if all(num(v) for v in (w, wt, pw, pwt)) and w > wt and pw > pwt:
                         r9b = (pw - pwt) / (w - wt)
                     row("    / plain, each 1 KiB transfer's wall time left out", r9b, None, None, "info")
-            tot = cmed(mode, "sender_cpu", per_gib=True)
-            rcv = cmed(mode, "receiver_cpu", per_gib=True)
+                    # On 2 busy cores the rate follows the CPU the three
+                    # processes need per GiB; this ratio holds up when other
+                    # load makes the MB/s noisy.
+                    allcpu = lambda r: r["sender_cpu"] + r["receiver_cpu"] + r["server_cpu"]
+                    row("    plain CPU s/GiB / this CPU s/GiB (sender+receiver+server)",
+                        ratio(cmed("plain", allcpu, per_gib=True), cmed(mode, allcpu, per_gib=True)),
+                        None, None, "info")
             row("    client CPU s/GiB, sender + receiver",
-                tot + rcv if num(tot) and num(rcv) else tot, None, None, "info")
+                cmed(mode, lambda r: r["sender_cpu"] + r["receiver_cpu"], per_gib=True), None, None, "info")
             row("      sender user / sys", cpair(mode, "sender_user", "sender_sys"), None, None, "info")
             row("      receiver user / sys", cpair(mode, "receiver_user", "receiver_sys"), None, None, "info")
             row("    server CPU s/GiB", cmed(mode, "server_cpu", per_gib=True), None, None, "info")
@@ -1035,7 +1052,10 @@ def cmd_report(a):
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths).rstrip())
-    other = [r["other_cores"] for r in recs if r["fig"] in ("stream", "client") and "other_cores" in r]
+    # (figure 9's 1 KiB transfers last ~20 ms, too short for /proc/stat's
+    # 10 ms ticks: left out)
+    other = [r["other_cores"] for r in recs if r["fig"] in ("stream", "client") and "other_cores" in r
+             and r.get("tag", "big") == "big"]
     if other:
         o = statistics.median(other)
         out.append(f"CPU used by other processes during the stream and client runs: median {o:.2f}, max {max(other):.2f} cores"
