@@ -165,9 +165,15 @@ where
 {
     let (tx, rx) = mpsc::channel(DEPTH);
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
+        let mut stream = std::pin::pin!(stream.peekable());
         while let Some(item) = stream.next().await {
-            let item = item.map_err(|e| ClientError::CutShort(error_chain(&e)));
+            let item = match item {
+                // Gather what has already arrived into one piece: each hand
+                // over wakes the blocking thread, and small pieces (HTTP/2
+                // frames are 16 KiB) would wake it several times a record.
+                Ok(first) => Ok(gather(first, &mut stream)),
+                Err(e) => Err(ClientError::CutShort(error_chain(&e))),
+            };
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 return;
@@ -175,6 +181,41 @@ where
         }
     });
     rx
+}
+
+/// Bytes gathered into one hand-over at most.
+const GATHER: usize = 256 * 1024;
+
+/// `first` and the chunks the stream has ready right now, up to
+/// [`GATHER`] bytes; an error or the end is left for the next `next()`.
+fn gather<S, E>(
+    first: Bytes,
+    stream: &mut std::pin::Pin<&mut futures_util::stream::Peekable<S>>,
+) -> Bytes
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    use futures_util::FutureExt;
+    let mut buf: Option<BytesMut> = None;
+    loop {
+        let have = buf.as_ref().map_or(first.len(), BytesMut::len);
+        if have >= GATHER {
+            break;
+        }
+        if !matches!(stream.as_mut().peek().now_or_never(), Some(Some(Ok(_)))) {
+            break;
+        }
+        let Some(Some(Ok(next))) = stream.next().now_or_never() else {
+            break;
+        };
+        buf.get_or_insert_with(|| {
+            let mut b = BytesMut::with_capacity(GATHER.max(first.len()));
+            b.extend_from_slice(&first);
+            b
+        })
+        .extend_from_slice(&next);
+    }
+    buf.map_or(first, BytesMut::freeze)
 }
 
 impl ChunkReader {

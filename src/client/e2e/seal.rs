@@ -22,7 +22,7 @@ pub const TAG_LEN: usize = 16;
 /// before anything is buffered, which bounds a receiver's memory.
 pub const MAX_RECORD: usize = 1 << 20;
 /// The plaintext size a sender puts in each record.
-pub const RECORD_SIZE: usize = 64 * 1024;
+pub const RECORD_SIZE: usize = 256 * 1024;
 
 fn nonce(counter: u64, last: bool) -> Nonce {
     let mut n = [0u8; 12];
