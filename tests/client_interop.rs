@@ -586,9 +586,13 @@ async fn curl_to_tubes_recv(relay: &Relay<'_>) {
     cmd.current_dir(&cwd);
     let receiver = spawn(cmd, "tubes recv (stdout)");
     relay.wait_for(0, 1).await;
-    let sent = run(curl(&tmp, &["-T", file_arg, &relay.url("q")]), "curl -T").await;
+    // The receiver's stdout is read while curl sends: a full pipe would
+    // hold the receiver, and through it the sender, back.
+    let (sent, received) = tokio::join!(
+        run(curl(&tmp, &["-T", file_arg, &relay.url("q")]), "curl -T"),
+        finish(receiver, "tubes recv (stdout)")
+    );
     ok(&sent, "curl -T");
-    let received = finish(receiver, "tubes recv (stdout)").await;
     let log = ok(&received, "tubes recv (stdout)");
     assert_same(&received.stdout, &data, "what tubes recv wrote to stdout");
     assert_eq!(

@@ -356,6 +356,8 @@ pub struct LiveReceiver {
     channel: Arc<Channel>,
     shared: Arc<Shared>,
     path: Box<str>,
+    /// Joined before the sender came: it gets the stream from its start.
+    early: bool,
 }
 
 impl Drop for LiveReceiver {
@@ -397,6 +399,11 @@ impl LiveReceiver {
     /// The stream from the join point: pieces with their offsets, then the
     /// end (`None`), or an error when aborted or dropped for lagging.
     pub fn stream(self, join: Join) -> impl Stream<Item = Result<(u64, Bytes), LiveError>> + Send {
+        // A receiver that was there before the sender misses nothing.
+        let join = match join {
+            Join::Now if self.early => Join::At(0),
+            other => other,
+        };
         futures_util::stream::unfold(
             (self, None::<u64>, join, false),
             |(rx, cursor, join, done)| async move {
@@ -536,7 +543,11 @@ impl Relay {
                 notify: Notify::new(),
             })
         }));
-        channel.state().receivers += 1;
+        let early = {
+            let mut state = channel.state();
+            state.receivers += 1;
+            state.head.is_none()
+        };
         shared.lives.receivers.fetch_add(1, Ordering::SeqCst);
         drop(map);
         shared.changed.notify_waiters();
@@ -544,6 +555,7 @@ impl Relay {
             channel,
             shared: Arc::clone(shared),
             path: path.into(),
+            early,
         }
     }
 }
