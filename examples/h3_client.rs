@@ -22,7 +22,7 @@
 //! slowdown of h3 0.0.8's frame decoding when a receiver falls behind.
 //!
 //! INSECURE: the server's certificate is not checked at all (see
-//! [`InsecureAcceptAnyCertificate`]), which is what a loopback benchmark
+//! `tubes::client::h3::AcceptAny`), which is what a loopback benchmark
 //! against `tubes serve --self-signed` needs. Do not reuse this for
 //! anything that talks to a network you do not control.
 
@@ -37,10 +37,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quinn::VarInt;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use tubes::client::h3::AcceptAny;
 
 /// Size of the chunks the file is read and sent in.
 const CHUNK: usize = 256 << 10;
@@ -298,7 +295,7 @@ fn endpoint(server: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(InsecureAcceptAnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC TLS")?;
@@ -336,58 +333,6 @@ fn endpoint(server: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
     .context("client endpoint")?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
-}
-
-/// INSECURE: accepts any server certificate for any name, unchecked. The
-/// handshake signatures are still verified against that certificate (so
-/// the server must hold its key), but anyone can make such a certificate.
-/// For the loopback benchmark only.
-#[derive(Debug)]
-struct InsecureAcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for InsecureAcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// h3-quinn's connection, except that request streams are [`Coalesced`].
