@@ -1,8 +1,7 @@
 //! Live mode, Server-Sent Events and WebSocket in a real browser against
 //! `tubes serve` over HTTPS: Debian's Chromium, headless, driven by
 //! playwright-core from the Node scripts in `tests/js/`, as in
-//! `tests/browser.rs` (whose harness is repeated here: a test file cannot
-//! take another's helpers without also running its tests).
+//! `tests/browser.rs`, with the harness both share in `tests/browser_common/`.
 //!
 //! - `sse_resumes_after_a_reconnect`: this test is the live text sender
 //!   (`PUT /p?live` over plain HTTP/1.1) and writes each numbered line when
@@ -31,165 +30,23 @@
 //! test answers on the script's stdin (`send 12` / `sent 12`), then
 //! `result {JSON}` for the test's own checks, and `ok` last.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+mod browser_common;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::ChildStdin;
+use std::thread;
+use std::time::Duration;
+
+use browser_common::{collect, require_tools, run_node, serve, Serve};
+
 /// The longest a driver script may run before it is killed.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(45);
 /// How long a killed script gets to close its browser after SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(10);
 /// How long the server may take to print its addresses.
 const START_LIMIT: Duration = Duration::from_secs(30);
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("js")
-}
-
-/// Fails (never skips) when something the browser tests need is missing.
-fn require_tools() {
-    const HOW: &str = "run scripts/test.sh, which installs it";
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        matches!(&node, Ok(out) if out.status.success()),
-        "the browser tests need Node.js (`node` on PATH): {HOW} ({node:?})"
-    );
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "the browser tests need Chromium at {CHROMIUM}: {HOW}"
-    );
-    let playwright = js_dir().join("node_modules").join("playwright-core");
-    assert!(
-        playwright.join("package.json").exists(),
-        "the browser tests need the npm package playwright-core in {}: {HOW}",
-        playwright.display()
-    );
-}
-
-/// A `tubes serve` child with plain HTTP and self-signed HTTPS on port 0,
-/// killed when dropped; its log is kept to print on failure.
-struct Serve {
-    child: Child,
-    /// `https://localhost:PORT`, for the browser.
-    https: String,
-    /// The plain HTTP listener, for the test's own requests.
-    http: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-/// The address a `Tubes is serving ...` log line names, for a listener
-/// whose description is exactly `what` (`HTTPS`, `HTTP`).
-fn served_address(line: &str, what: &str) -> Option<String> {
-    let (_, rest) = line.split_once(&format!("Tubes is serving {what} address="))?;
-    Some(rest.split_whitespace().next()?.to_string())
-}
-
-fn serve() -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tubes"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--https-port",
-            "0",
-            "--self-signed",
-        ])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tubes");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    {
-        let log = Arc::clone(&log);
-        // Reads the whole log (so the server never blocks on a full pipe),
-        // handing over the two addresses as soon as both are printed.
-        thread::spawn(move || {
-            let mut tx = Some(tx);
-            let (mut https, mut http) = (None, None);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                https = https.or_else(|| served_address(&line, "HTTPS"));
-                http = http.or_else(|| served_address(&line, "HTTP"));
-                if let (Some(s), Some(p)) = (&https, &http) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send((s.clone(), p.clone()));
-                    }
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-    }
-    let (https, http) = match rx.recv_timeout(START_LIMIT) {
-        Ok(addresses) => addresses,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "tubes did not print its HTTPS and HTTP addresses within {START_LIMIT:?}; its log:\n{}",
-                log.lock().unwrap()
-            );
-        }
-    };
-    let port = https
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no port in the HTTPS address {https:?}"));
-    Serve {
-        child,
-        // `localhost`, a name the self-signed certificate carries.
-        https: format!("https://localhost:{port}"),
-        http: http
-            .parse()
-            .unwrap_or_else(|e| panic!("the HTTP address {http:?}: {e}")),
-        log,
-    }
-}
-
-/// Collects a child's output pipe on a thread.
-fn collect(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status();
-}
 
 /// Runs `node tests/js/<script> <https-url> <args...>` against `server`,
 /// bounded by [`SCRIPT_LIMIT`]. Each stdout line goes to `on_line` as it
@@ -202,94 +59,33 @@ fn run_script(
     args: &[&str],
     mut on_line: impl FnMut(&str, &mut ChildStdin) -> Result<(), String>,
 ) -> Vec<String> {
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(js_dir().join(script))
-        .arg(&server.https)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let pid = child.id();
-    let mut stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = collect(child.stderr.take().expect("stderr"));
-    let (line_tx, lines) = mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (tx, exited) = mpsc::channel::<std::io::Result<ExitStatus>>();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let deadline = started + SCRIPT_LIMIT;
-    let mut seen = Vec::new();
-    let mut problem = None;
-    // Every line until stdout closes, unless the test objects or time is up.
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let answer = on_line(&line, &mut stdin);
-                seen.push(line);
-                if let Err(e) = answer {
-                    problem = Some(e);
-                    break;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                problem = Some(format!("killed: longer than {SCRIPT_LIMIT:?}"));
-                break;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    drop(stdin);
-    let waited = match problem {
-        Some(_) => None,
-        None => exited
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .ok(),
-    };
-    let status = match waited {
-        Some(status) => status,
-        None => {
-            problem.get_or_insert_with(|| format!("killed: longer than {SCRIPT_LIMIT:?}"));
-            // SIGTERM first: playwright-core then closes the browser it started.
-            signal(pid, "-TERM");
-            match exited.recv_timeout(TERM_GRACE) {
-                Ok(status) => status,
-                Err(_) => {
-                    signal(pid, "-KILL");
-                    exited.recv().expect("node was waited for")
-                }
-            }
-        }
-    }
-    .expect("wait for node");
-    let stderr = stderr.join().expect("stderr reader");
-    let elapsed = started.elapsed();
-    let ok = problem.is_none() && status.success() && seen.last().map(|l| l.trim()) == Some("ok");
-    if !ok {
+    let run = run_node(
+        server,
+        script,
+        args,
+        SCRIPT_LIMIT,
+        TERM_GRACE,
+        Some(&mut on_line),
+    );
+    let elapsed = run.elapsed;
+    let stderr = &run.stderr;
+    if !run.ok() {
         panic!(
-            "node tests/js/{script} {} {} failed after {elapsed:.1?}: {status}{}\n\
+            "node tests/js/{script} {} {} failed after {elapsed:.1?}: {}{}\n\
              --- stdout ---\n{}\n--- stderr ---\n{stderr}\n--- tubes log ---\n{}",
             server.https,
             args.join(" "),
-            problem.map(|p| format!(" ({p})")).unwrap_or_default(),
-            seen.join("\n"),
+            run.status,
+            run.problem
+                .as_ref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default(),
+            run.lines.join("\n"),
             server.log()
         );
     }
     eprintln!("tests/js/{script}: ok in {elapsed:.1?}\n{stderr}");
-    seen
+    run.lines
 }
 
 /// The JSON of the script's `result` line.
@@ -371,7 +167,7 @@ impl LiveText {
 #[test]
 fn sse_resumes_after_a_reconnect() {
     require_tools();
-    let server = serve();
+    let server = serve(START_LIMIT);
     let path = "/p";
     let mut sender = LiveText::open(server.http, path);
     let lines = run_script(&server, "browser-sse.mjs", &[path], |line, stdin| {
@@ -451,7 +247,7 @@ fn sse_resumes_after_a_reconnect() {
 #[test]
 fn mjpeg_late_viewer_sees_whole_frames() {
     require_tools();
-    let server = serve();
+    let server = serve(START_LIMIT);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser_live");
     std::fs::create_dir_all(&dir).expect("screenshot folder");
     let screenshot = dir.join("mjpeg-viewer.png");
@@ -486,7 +282,7 @@ fn mjpeg_late_viewer_sees_whole_frames() {
 /// server; returns its result.
 fn websocket_part(part: &str) -> serde_json::Value {
     require_tools();
-    let server = serve();
+    let server = serve(START_LIMIT);
     let lines = run_script(&server, "browser-ws.mjs", &["/room", part], |_, _| Ok(()));
     result_of(&lines)
 }
