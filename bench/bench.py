@@ -8,10 +8,12 @@ table. Progress goes to stderr. Every loop and every wait is bounded.
 
 import argparse
 import asyncio
+import base64
 import ctypes
 import json
 import os
 import random
+import select
 import signal
 import socket
 import statistics
@@ -757,6 +759,721 @@ def cmd_pairs(a):
     asyncio.run(_pairs(a))
 
 
+# --------------------------------------------------------------- services
+
+# Local services for figures 10 and 11, each a child process of the helper
+# that measures (so its CPU is its own and it never shares the measuring
+# process's interpreter lock), listening on a port the OS chose (printed as
+# the first line of its stdout): `sink` reads every connection to its end
+# and prints "BYTES END" (END on CLOCK_MONOTONIC, which every process of the
+# machine shares) as each one ends; `echo` sends every byte back and closes
+# when the client half-closes.
+
+
+def cmd_service(a):
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((HOST, 0))
+    lsock.listen(512)
+    print(lsock.getsockname()[1], flush=True)
+    if a.kind == "echo":
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+            def eof_received(self):
+                return False  # close once the client has half-closed
+
+        async def serve():
+            server = await asyncio.get_running_loop().create_server(Echo, sock=lsock)
+            async with server:
+                await server.serve_forever()
+
+        asyncio.run(serve())
+        return
+    lock = threading.Lock()
+
+    def drain(c):
+        buf, n = bytearray(1 << 20), 0
+        try:
+            while True:
+                k = c.recv_into(buf)
+                if not k:
+                    break
+                n += k
+        except OSError:
+            pass
+        end = time.monotonic()
+        c.close()
+        with lock:
+            print(f"{n} {end}", flush=True)
+
+    while True:
+        c, _ = lsock.accept()
+        threading.Thread(target=drain, args=(c,), daemon=True).start()
+
+
+class _Lines:
+    """Lines from a child's stdout, read with a deadline."""
+
+    def __init__(self, pipe):
+        self.fd, self.buf = pipe.fileno(), b""
+
+    def get(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+
+def start_service(ch, kind):
+    """(process, port, its stdout lines) of a sink or echo child."""
+    p = ch.start(kind, [sys.executable, os.path.abspath(__file__), "service", "--kind", kind],
+                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lines = _Lines(p.stdout)
+    port = lines.get(10)
+    if not port:
+        raise RuntimeError(f"the {kind} service did not start")
+    return p, int(port), lines
+
+
+def _pct(vals, p):
+    """p-th percentile (nearest rank) of a sorted list, or None."""
+    if not vals:
+        return None
+    return vals[min(len(vals) - 1, int(round(p / 100 * (len(vals) - 1))))]
+
+
+# --------------------------------------------------------------- tunnels
+
+# Figure 10: `tubes tunnel client` (local port) -> tubes serve -> `tubes
+# tunnel server` -> a local service, in plain and --mux mode, beside a
+# direct loopback connection to the same service.
+TUNNEL_MODES = ("direct", "plain", "mux")
+
+
+def start_tunnel(ch, a, mode, service_port, name):
+    """Starts a tunnel server (to service_port) and a tunnel client on a
+    port of the OS's choice; returns (client pid, server pid, local port).
+    Both log to LOG_DIR/tunnel-NAME-{server,client}.log."""
+    base = f"http://{HOST}:{a.port}"
+    path = f"bench-tunnel-{name}-{random.getrandbits(48):x}"
+    mux = ["--mux"] if mode == "mux" else []
+    logs = {}
+    for role in ("server", "client"):
+        logs[role] = os.path.join(a.log_dir, f"tunnel-{name}-{role}.log")
+    with open(logs["server"], "wb") as f:
+        srv = ch.start(f"tsrv-{name}", [a.tubes, "tunnel", "server", "--port", str(service_port),
+                                        "--host", HOST, *mux, path, "-s", base, "-q"], stderr=f)
+    with open(logs["client"], "wb") as f:
+        cli = ch.start(f"tcli-{name}", [a.tubes, "tunnel", "client", "--port", "0", *mux, path,
+                                        "-s", base], stderr=f)
+    # The client prints "Listening on 127.0.0.1:NNNN." on stderr.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with open(logs["client"], "rb") as f:
+            for line in f.read().decode(errors="replace").splitlines():
+                if line.startswith("Listening on ") and line.endswith("."):
+                    return cli.pid, srv.pid, int(line[len("Listening on "):-1].rsplit(":", 1)[1])
+        if cli.poll() is not None or srv.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"tunnel {name} did not start (see {logs['client']}, {logs['server']})")
+
+
+def tunnel_transfer(a, mode, port, pids, sink_lines, size):
+    """One file through `port` (the sink's own, or a tunnel client's) to the
+    sink: socat -u STDIN <file -> port; MB/s = size / (sender start -> the
+    sink has read to the end)."""
+    cpu0 = {k: proc_cpu(p) for k, p in pids.items()}
+    busy0 = busy_seconds()
+    t0 = time.monotonic()
+    name = "sender"
+    # Children of its own: a timeout kills the sender, not the tunnels.
+    ch = Children()
+    try:
+        with open(a.file, "rb") as f:
+            ch.start(name, ["socat", "-u", "-b", "65536", "STDIN", f"TCP:{HOST}:{port}"], stdin=f)
+        line = sink_lines.get(a.max_time + 5)
+        ch.reap([name], 10)
+    finally:
+        ch.cleanup()
+    busy1, t1 = busy_seconds(), time.monotonic()
+    cpu = {k: proc_cpu(p) - cpu0[k] for k, p in pids.items()}
+    s = ch.done.get(name, {})
+    cpu["sender"] = s.get("cpu", 0)
+    got, end = (int(line.split()[0]), float(line.split()[1])) if line else (0, t1)
+    wall = max(end - t0, 1e-9)
+    ok = got == size and s.get("rc") == 0
+    rec = dict(fig="tunnel", kind="stream", server="tubes", mode=mode, ok=ok, size=size, delivered=got,
+               wall=wall, mbps=got / wall / 1e6 if ok else 0, cpu=cpu, sender_rc=s.get("rc"))
+    rec["other_cores"] = max(0.0, (busy1 - busy0) - sum(cpu.values())) / max(t1 - t0, 1e-9)
+    emit(a.out, **rec)
+    log(f"tunnel {mode:6} {'ok ' if ok else 'FAIL'} {rec['mbps']:7.1f} MB/s ({wall:.2f}s)  "
+        + "  ".join(f"{k} {v:.2f}s" for k, v in cpu.items())
+        + f"  (others {rec['other_cores']:.2f} cores)"
+        + ("" if ok else f"  {got} of {size} bytes, sender rc {s.get('rc')}"))
+
+
+def tunnel_setup(a, mode, port, count, gap=0.02, warm=5, budget=120):
+    """Sequential connections to `port` (an echo service, or a tunnel to
+    it): time from connect() to the first echoed byte. Each connection is
+    then half-closed and read to its end (untimed), so that the next one
+    does not wait for its teardown (plain mode carries one at a time)."""
+    lat, errors, first_error = [], 0, None
+    t_start = time.monotonic()
+    for i in range(warm + count):
+        if time.monotonic() - t_start > budget:
+            errors += warm + count - i
+            first_error = first_error or "time budget exceeded"
+            break
+        s = None
+        try:
+            t0 = time.perf_counter()
+            s = socket.create_connection((HOST, port), timeout=10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"x")
+            b = s.recv(1)
+            t1 = time.perf_counter()
+            if b != b"x":
+                raise RuntimeError(f"echo gave {b!r}")
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+            if i >= warm:
+                lat.append(t1 - t0)
+        except Exception as e:
+            if i >= warm:
+                errors += 1
+                first_error = first_error or repr(e)
+        finally:
+            if s is not None:
+                s.close()
+        time.sleep(gap)
+    lat.sort()
+    rec = dict(fig="tunnel", kind="setup", server="tubes", mode=mode, count=count, errors=errors,
+               p50_ms=_pct(lat, 50) * 1000 if lat else None, p99_ms=_pct(lat, 99) * 1000 if lat else None,
+               mean_ms=statistics.mean(lat) * 1000 if lat else None, first_error=first_error,
+               over_100ms=sum(1 for x in lat if x > 0.1))
+    emit(a.out, **rec)
+    log(f"tunnel {mode:6} set-up of {count} connections: p50 {rec['p50_ms'] or 0:.3f} ms  "
+        f"p99 {rec['p99_ms'] or 0:.3f} ms  over 100 ms: {rec['over_100ms']}  errors {errors}"
+        + (f" ({first_error})" if first_error else ""))
+
+
+def cmd_tunnel(a):
+    size = os.path.getsize(a.file)
+    ch = Children()
+    try:
+        sink, sink_port, sink_lines = start_service(ch, "sink")
+        _, echo_port, _ = start_service(ch, "echo")
+        to_sink, to_echo = {"direct": (sink_port, {})}, {"direct": echo_port}
+        for mode in ("plain", "mux"):
+            c, s, port = start_tunnel(ch, a, mode, sink_port, f"{mode}-sink")
+            to_sink[mode] = (port, {"tunnel_client": c, "tunnel_server": s})
+            to_echo[mode] = start_tunnel(ch, a, mode, echo_port, f"{mode}-echo")[2]
+        log(f"sink on {sink_port}, echo on {echo_port}; tunnels to the sink: plain on "
+            f"{to_sink['plain'][0]}, mux on {to_sink['mux'][0]}")
+        for rep in range(a.reps):
+            for mode in TUNNEL_MODES:
+                port, pids = to_sink[mode]
+                tunnel_transfer(a, mode, port, {**pids, "relay": a.pid, "sink": sink.pid},
+                                sink_lines, size)
+                time.sleep(0.5)
+        for mode in TUNNEL_MODES:
+            # Plain mode carries one connection at a time: fewer of them.
+            n = max(1, a.conns // 4) if mode == "plain" else a.conns
+            tunnel_setup(a, mode, to_echo[mode], n)
+    finally:
+        ch.cleanup()
+
+
+# --------------------------------------------------------------- WebSocket
+
+# Figure 11 (a-c): round trip of a small message between two clients in one
+# thread of this process (blocking sockets, one step after the other).
+
+
+class _Sock:
+    """A blocking socket with a read buffer and a deadline per read."""
+
+    def __init__(self, port, timeout=10):
+        self.s = socket.create_connection((HOST, port), timeout=timeout)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def _more(self, deadline):
+        self.s.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = self.s.recv(262144)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        self.buf += chunk
+
+    def exact(self, n, deadline):
+        while len(self.buf) < n:
+            self._more(deadline)
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def until(self, marker, deadline):
+        while True:
+            i = self.buf.find(marker)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(marker)])
+                del self.buf[:i + len(marker)]
+                return out
+            self._more(deadline)
+
+    def response(self, deadline):
+        """One HTTP/1.1 response: (status, lower-case headers, body)."""
+        head = self.until(b"\r\n\r\n", deadline).decode(errors="replace").split("\r\n")
+        status = int(head[0].split()[1])
+        h = {}
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            if k:
+                h[k.strip().lower()] = v.strip()
+        if "content-length" in h:
+            return status, h, self.exact(int(h["content-length"]), deadline)
+        body = b""
+        if h.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                n = int(self.until(b"\r\n", deadline).split(b";")[0], 16)
+                if n == 0:
+                    while self.until(b"\r\n", deadline) != b"\r\n":  # trailers
+                        pass
+                    return status, h, body
+                body += self.exact(n, deadline)
+                self.exact(2, deadline)
+        raise RuntimeError("a response without length")
+
+    def close(self):
+        self.s.close()
+
+
+def ws_open(port, path, deadline):
+    w = _Sock(port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    w.s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = w.until(b"\r\n\r\n", deadline)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError("WebSocket refused: " + head.split(b"\r\n")[0].decode(errors="replace"))
+    return w
+
+
+def ws_send(w, payload, opcode=1):
+    """One masked frame (a client must mask), payload under 64 KiB."""
+    n = len(payload)
+    mask = os.urandom(4)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    w.s.sendall(head + mask + masked)
+
+
+def ws_recv(w, deadline):
+    """The next data frame's payload (the server does not mask)."""
+    while True:
+        b0, b1 = w.exact(2, deadline)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(w.exact(2, deadline), "big")
+        elif n == 127:
+            n = int.from_bytes(w.exact(8, deadline), "big")
+        payload = w.exact(n, deadline)
+        op = b0 & 0x0F
+        if op in (1, 2):
+            return payload
+        if op == 8:
+            raise ConnectionError(f"WebSocket closed: {payload[:2].hex()} {payload[2:].decode(errors='replace')}")
+
+
+def cmd_wsrtt(a):
+    """Round trips of a 32-byte message: (ws) A -> relay -> B -> relay -> A
+    over ?ws=pair; (http) the same with one PUT + one GET per message, on
+    kept-alive connections, the receivers' GETs already waiting; (tcp) a raw
+    TCP echo on loopback without a relay."""
+    import resource
+    tag = f"{random.getrandbits(48):x}"
+    ch = Children()
+    res = {}
+    try:
+        echo, echo_port, _ = start_service(ch, "echo")
+        for kind in ("ws", "http", "tcp"):
+            rtt, one, first_error = [], [], None
+            t_start = time.monotonic()
+            # CPU of the server, the echo and this process, and of the machine.
+            own = lambda: (proc_cpu(a.pid) + proc_cpu(echo.pid)
+                           + sum(getattr(resource.getrusage(resource.RUSAGE_SELF), f)
+                                 for f in ("ru_utime", "ru_stime")))
+            own0, busy0 = own(), busy_seconds()
+            conns = []
+            try:
+                deadline = time.monotonic() + 10
+                if kind == "ws":
+                    A = ws_open(a.port, f"/pair-{tag}?ws=pair", deadline)
+                    B = ws_open(a.port, f"/pair-{tag}?ws=pair", deadline)
+                    conns = [A, B]
+                    # A message that reaches the relay while it is still
+                    # joining the two is dropped ("nobody to give it to yet"):
+                    # let the join settle before the first one.
+                    time.sleep(0.1)
+                elif kind == "http":
+                    conns = [_Sock(a.port) for _ in range(4)]
+                    a_put, a_get, b_put, b_get = conns
+                else:
+                    conns = [_Sock(echo_port)]
+                for i in range(a.warm + a.count):
+                    if time.monotonic() - t_start > a.max_time:
+                        first_error = first_error or "time budget exceeded"
+                        break
+                    msg = f"m{i:09d}-".encode().ljust(32, b"x")
+                    deadline = time.monotonic() + 10
+                    try:
+                        if kind == "ws":
+                            t0 = time.perf_counter()
+                            ws_send(A, msg)
+                            got = ws_recv(B, deadline)
+                            tm = time.perf_counter()
+                            ws_send(B, got)
+                            back = ws_recv(A, deadline)
+                            t1 = time.perf_counter()
+                        elif kind == "http":
+                            ab, ba = f"/h-{tag}-{i}-ab", f"/h-{tag}-{i}-ba"
+                            get = "GET {} HTTP/1.1\r\nHost: x\r\n\r\n"
+                            put = ("PUT {} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                                   "Content-Length: {}\r\n\r\n")
+                            b_get.s.sendall(get.format(ab).encode())
+                            a_get.s.sendall(get.format(ba).encode())
+                            time.sleep(0.001)  # the receivers wait (untimed)
+                            t0 = time.perf_counter()
+                            a_put.s.sendall(put.format(ab, len(msg)).encode() + msg)
+                            st, _, got = b_get.response(deadline)
+                            tm = time.perf_counter()
+                            b_put.s.sendall(put.format(ba, len(got)).encode() + got)
+                            st2, _, back = a_get.response(deadline)
+                            t1 = time.perf_counter()
+                            # The senders' responses (their logs), untimed.
+                            for c in (a_put, b_put):
+                                if c.response(deadline)[0] != 200:
+                                    raise RuntimeError("a sender was refused")
+                            if (st, st2) != (200, 200):
+                                raise RuntimeError(f"receivers got {st}, {st2}")
+                        else:
+                            E = conns[0]
+                            t0 = time.perf_counter()
+                            E.s.sendall(msg)
+                            back = E.exact(len(msg), deadline)
+                            t1 = tm = time.perf_counter()
+                        if back != msg:
+                            raise RuntimeError("message mismatch")
+                        if i >= a.warm:
+                            rtt.append(t1 - t0)
+                            if kind != "tcp":
+                                one.append(tm - t0)
+                    except Exception as e:
+                        first_error = first_error or repr(e)
+                        if kind != "http":
+                            raise
+                        # A broken keep-alive connection: open fresh ones.
+                        for c in conns:
+                            c.close()
+                        conns = [_Sock(a.port) for _ in range(4)]
+                        a_put, a_get, b_put, b_get = conns
+            except Exception as e:
+                first_error = first_error or repr(e)
+            finally:
+                for c in conns:
+                    c.close()
+            errors = a.count - len(rtt)  # every message not measured
+            other = max(0.0, (busy_seconds() - busy0) - (own() - own0)) / max(time.monotonic() - t_start, 1e-9)
+            rtt.sort()
+            one.sort()
+            ms = lambda v: v * 1000 if v is not None else None
+            res[kind] = dict(count=a.count, errors=errors, first_error=first_error,
+                             rtt_p50_ms=ms(_pct(rtt, 50)), rtt_p99_ms=ms(_pct(rtt, 99)),
+                             one_p50_ms=ms(_pct(one, 50)), one_p99_ms=ms(_pct(one, 99)),
+                             other_cores=other)
+            r = res[kind]
+            log(f"{kind:4} round trip p50 {r['rtt_p50_ms'] or 0:.3f} ms  p99 {r['rtt_p99_ms'] or 0:.3f} ms"
+                + (f"  one way p50 {r['one_p50_ms'] or 0:.3f} p99 {r['one_p99_ms'] or 0:.3f}" if one else "")
+                + f"  errors {r['errors']}" + (f" ({first_error})" if first_error else "")
+                + f"  (others {other:.2f} cores)")
+    finally:
+        ch.cleanup()
+    emit(a.out, fig="wsrtt", server="tubes", **res,
+         other_cores=max((r["other_cores"] for r in res.values()), default=0.0))
+
+
+# --------------------------------------------------------------- live / SSE
+
+# Figure 11 (d, e): one live sender, many receivers (SSE or raw bytes).
+# Each line the sender writes carries its sequence number and the time it
+# was written (CLOCK_REALTIME, ns); the receivers' sockets have
+# SO_TIMESTAMPNS, so each read also says when its last segment reached the
+# receiving socket (also CLOCK_REALTIME): "arrival" latency leaves out the
+# time the single-threaded receiving client took to get to that socket.
+SO_TIMESTAMPNS = 35  # Linux, <asm-generic/socket.h> (also SCM_TIMESTAMPNS)
+
+
+def cmd_live_send(a):
+    """The live sender (a child of cmd_live): PUT PATH?live, chunked, one
+    line per chunk at a steady rate; prints the number of lines sent."""
+    s = socket.create_connection((HOST, a.port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(f"PUT {a.path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+              "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode())
+    n = max(1, int(a.rate * a.seconds))
+    start = time.monotonic() + 0.05
+    for i in range(n):
+        delay = start + i / a.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        line = f"L{i} {time.time_ns()} ".encode().ljust(a.line_bytes - 1, b"x") + b"\n"
+        s.sendall(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+    s.sendall(b"0\r\n\r\n")
+    # The server's log to the sender, to its end (bounded).
+    s.settimeout(10)
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+    print(n, flush=True)
+
+
+class _LiveRecv:
+    """One receiver's response, parsed as it comes: head, chunked body,
+    lines (for SSE the `data:` lines), sequence numbers and latencies."""
+
+    __slots__ = ("sock", "sse", "raw", "head", "chunk_left", "crlf", "text", "last", "got", "dups",
+                 "done", "error")
+
+    def __init__(self, sock, sse):
+        self.sock, self.sse = sock, sse
+        self.raw, self.text = bytearray(), bytearray()
+        self.head, self.chunk_left, self.crlf = False, 0, 0
+        self.last, self.got, self.dups = -1, 0, 0
+        self.done, self.error = False, None
+
+    def feed(self, data, t_arrival, t_read, lat_arrival, lat_read, per_line):
+        raw = self.raw
+        raw += data
+        pos = 0
+        if not self.head:
+            i = raw.find(b"\r\n\r\n")
+            if i < 0:
+                return
+            head = bytes(raw[:i]).lower()
+            if not head.startswith(b"http/1.1 200"):
+                self.error = "status " + bytes(raw[:i]).split(b"\r\n")[0].decode(errors="replace")
+                self.done = True
+                return
+            if b"transfer-encoding: chunked" not in head:
+                self.error = "not chunked"
+                self.done = True
+                return
+            self.head, pos = True, i + 4
+        n = len(raw)
+        while pos < n and not self.done:
+            if self.crlf:
+                k = min(self.crlf, n - pos)
+                self.crlf -= k
+                pos += k
+            elif self.chunk_left:
+                k = min(self.chunk_left, n - pos)
+                self.text += raw[pos:pos + k]
+                self.chunk_left -= k
+                pos += k
+                if not self.chunk_left:
+                    self.crlf = 2
+            else:
+                i = raw.find(b"\r\n", pos)
+                if i < 0:
+                    break
+                size = int(bytes(raw[pos:i]).split(b";")[0], 16)
+                pos = i + 2
+                if size == 0:
+                    self.done = True  # the end (trailers not needed)
+                else:
+                    self.chunk_left = size
+        del raw[:pos]
+        text = self.text
+        j = text.rfind(b"\n")
+        if j < 0:
+            return
+        lines = bytes(text[:j]).split(b"\n")
+        del text[:j + 1]
+        for line in lines:
+            if self.sse:
+                if line.startswith(b"data: L"):
+                    line = line[6:]
+                elif line.startswith(b"event: abort"):
+                    self.error = "event: abort"
+                    continue
+                else:
+                    continue
+            elif not line.startswith(b"L"):
+                continue
+            seq_b, ts_b, _ = line.split(b" ", 2)
+            seq, ts = int(seq_b[1:]), int(ts_b)
+            if seq <= self.last:
+                self.dups += 1
+                continue
+            self.last = seq
+            self.got += 1
+            lat_arrival.append(t_arrival - ts)
+            lat_read.append(t_read - ts)
+            pl = per_line.get(seq)
+            if pl is None:
+                per_line[seq] = [t_arrival - ts, t_arrival - ts]
+            else:  # the worst and the best arrival of this line
+                pl[0] = max(pl[0], t_arrival - ts)
+                pl[1] = min(pl[1], t_arrival - ts)
+
+
+def cmd_live(a):
+    """N receivers (SSE or raw) join PATH?live first, then one sender writes
+    a.rate lines per second for a.seconds; delivery latency, lost lines,
+    the server's CPU and RSS."""
+    import resource
+    sse = a.mode == "sse"
+    path = f"/news-{a.mode}-{random.getrandbits(48):x}?live"
+    req = (f"GET {path} HTTP/1.1\r\nHost: x\r\n" + ("Accept: text/event-stream\r\n" if sse else "")
+           + "\r\n").encode()
+    time.sleep(0.5)
+    rss0 = proc_rss_kb(a.pid)
+    recvs, open_errors = [], 0
+    t_open = time.monotonic()
+    for _ in range(a.receivers):
+        try:
+            s = socket.create_connection((HOST, a.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.sendall(req)
+            s.setblocking(False)
+            recvs.append(_LiveRecv(s, sse))
+        except OSError:
+            open_errors += 1
+    opened = time.monotonic() - t_open
+    # Wait until the server has taken every request (its RSS stops growing).
+    prev, rss = -1, proc_rss_kb(a.pid)
+    deadline = time.monotonic() + 20
+    time.sleep(1)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        prev, rss = rss, proc_rss_kb(a.pid)
+        if abs(rss - prev) <= max(64, rss // 500):
+            break
+    rss1 = rss
+    ep = select.epoll()
+    by_fd = {}
+    for r in recvs:
+        by_fd[r.sock.fileno()] = r
+        ep.register(r.sock.fileno(), select.EPOLLIN)
+    lat_arrival, lat_read, per_line = [], [], {}
+    ch = Children()
+    cspace = socket.CMSG_SPACE(16)
+    try:
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0, busy0 = proc_cpu(a.pid), busy_seconds()
+        t0 = time.monotonic()
+        sender = ch.start("sender", [sys.executable, os.path.abspath(__file__), "live-send",
+                                     "--port", str(a.port), "--path", path, "--rate", str(a.rate),
+                                     "--seconds", str(a.seconds), "--line-bytes", str(a.line_bytes)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        rss_peak, next_rss = rss1, 0.0
+        deadline = t0 + a.seconds + 30
+        left = len(recvs)
+        while left and time.monotonic() < deadline:
+            for fd, _ in ep.poll(0.2):
+                r = by_fd[fd]
+                try:
+                    data, anc, _, _ = r.sock.recvmsg(262144, cspace)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    data, anc, r.error = b"", [], repr(e)
+                t_read = time.time_ns()
+                if not data:
+                    if not r.done:
+                        r.error = r.error or "closed before the end"
+                    r.done = True
+                else:
+                    t_arr = t_read
+                    for lvl, typ, cd in anc:
+                        if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cd) >= 16:
+                            sec, ns = int.from_bytes(cd[:8], "little"), int.from_bytes(cd[8:16], "little")
+                            t_arr = sec * 1_000_000_000 + ns
+                    r.feed(data, t_arr, t_read, lat_arrival, lat_read, per_line)
+                if r.done:
+                    ep.unregister(fd)
+                    left -= 1
+            now = time.monotonic()
+            if now >= next_rss:
+                rss_peak, next_rss = max(rss_peak, proc_rss_kb(a.pid)), now + 0.2
+        t1 = time.monotonic()
+        cpu1, busy1 = proc_cpu(a.pid), busy_seconds()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        rss_peak = max(rss_peak, proc_rss_kb(a.pid))
+        ch.reap(["sender"], 15)
+        out = _output(sender)
+    finally:
+        ch.cleanup()
+        for r in recvs:
+            r.sock.close()
+        ep.close()
+    sent = int(out[0]) if out and out[0].isdigit() else 0
+    not_done = sum(1 for r in recvs if not r.done)
+    failed = [r for r in recvs if r.error or not r.done]
+    lost = [max(0, sent - r.got) for r in recvs]
+    lat_arrival.sort()
+    lat_read.sort()
+    ms = lambda v: v / 1e6 if v is not None else None
+    client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    s = ch.done.get("sender", {})
+    rec = dict(fig="live", server="tubes", mode=a.mode, receivers=a.receivers, opened=len(recvs),
+               open_errors=open_errors, open_seconds=opened, rate=a.rate, seconds=a.seconds,
+               line_bytes=a.line_bytes, sent=sent, sender_rc=s.get("rc"),
+               delivered=sum(r.got for r in recvs), lost=sum(lost),
+               receivers_with_loss=sum(1 for x in lost if x), dups=sum(r.dups for r in recvs),
+               failed=len(failed) + open_errors, not_ended=not_done,
+               errors_seen=sorted({r.error for r in failed if r.error})[:5],
+               arrival_p50_ms=ms(_pct(lat_arrival, 50)), arrival_p99_ms=ms(_pct(lat_arrival, 99)),
+               arrival_max_ms=ms(lat_arrival[-1] if lat_arrival else None),
+               read_p50_ms=ms(_pct(lat_read, 50)), read_p99_ms=ms(_pct(lat_read, 99)),
+               wall=t1 - t0, server_cpu=cpu1 - cpu0, client_cpu=client_cpu,
+               sender_cpu=s.get("cpu", 0), rss_before_kb=rss0, rss_receivers_kb=rss1,
+               rss_peak_kb=rss_peak,
+               # The lines that took longest to reach their last receiver
+               # (line number, worst and best arrival in ms): a stall of
+               # the server shows as one line late at every receiver.
+               worst_lines=[(q, round(v[0] / 1e6, 2), round(v[1] / 1e6, 2)) for q, v in
+                            sorted(per_line.items(), key=lambda kv: -kv[1][0])[:5]])
+    rec["ok"] = sent > 0 and rec["lost"] == 0 and rec["failed"] == 0
+    rec["other_cores"] = max(0.0, (busy1 - busy0) - rec["server_cpu"] - client_cpu - rec["sender_cpu"]) / (t1 - t0)
+    emit(a.out, **rec)
+    log(f"live {a.mode:5} {len(recvs)} receivers, {sent} lines sent: arrival p50 "
+        f"{rec['arrival_p50_ms'] or 0:.3f} ms p99 {rec['arrival_p99_ms'] or 0:.3f} ms; read p50 "
+        f"{rec['read_p50_ms'] or 0:.3f} p99 {rec['read_p99_ms'] or 0:.3f} ms; lost {rec['lost']} "
+        f"({rec['receivers_with_loss']} receivers), failed {rec['failed']} {rec['errors_seen'] or ''}; "
+        f"server {rec['server_cpu']:.2f}s cpu, RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} "
+        f"(peak {rss_peak / 1024:.1f}) MB; client {client_cpu:.2f}s, sender {rec['sender_cpu']:.2f}s "
+        f"(others {rec['other_cores']:.2f} cores); slowest lines (number, worst/best ms): "
+        + ", ".join(f"{q} {w}/{b}" for q, w, b in rec["worst_lines"]))
+
+
 # --------------------------------------------------------------- report
 
 
@@ -1033,6 +1750,129 @@ def cmd_report(a):
             if mode == "code":
                 row("    code printed after, s", cmed(mode, "t_code"), None, None, "info", nd=3)
 
+    # 10. tunnels (Tubes column only; the reference is a direct connection)
+    fig(10)
+
+    def trecs(kind, mode):
+        return [r for r in recs if r["fig"] == "tunnel" and r["kind"] == kind and r["mode"] == mode]
+
+    def tmed(mode, f):
+        rs = trecs("stream", mode)
+        good = [r for r in rs if r["ok"]]
+        if not good:
+            return "fail" if rs else None
+        return statistics.median(f(r) for r in good)
+
+    def slash(*vals, nd=2):
+        if not any(num(v) for v in vals):
+            return vals[0]
+        return " / ".join(fmt(v, nd) for v in vals)
+
+    if any(r["fig"] == "tunnel" for r in recs):
+        size10 = next((r["size"] for r in recs if r["fig"] == "tunnel" and r["kind"] == "stream"), 0)
+        row(f"10 tunnels: socat -> tunnel client -> tubes serve -> tunnel server -> sink "
+            f"({size10 / (1 << 20):.0f} MiB)", "", "", "", "")
+        direct = tmed("direct", lambda r: r["mbps"])
+        gib = lambda r: r["size"] / GIB
+        fig10 = (("direct", "(a) direct loopback TCP, socat -> sink"),
+                 ("plain", "(b) plain tunnel (one connection at a time)"),
+                 ("mux", "(c) --mux tunnel"))
+        for mode, label in fig10:
+            if not trecs("stream", mode):
+                continue
+            t = tmed(mode, lambda r: r["mbps"])
+            row(f"  {label} MB/s", t, None, None, "info", nd=0)
+            if mode != "direct":
+                row("    / direct", ratio(t, direct), None, None, "info")
+            # On 2 cores the rate follows the CPU all of them need per GiB.
+            row("    CPU s/GiB, all processes (sender, sink and any between)",
+                tmed(mode, lambda r: sum(r["cpu"].values()) / gib(r)), None, None, "info")
+            row("    CPU s/GiB: sender / sink", slash(
+                tmed(mode, lambda r: r["cpu"]["sender"] / gib(r)),
+                tmed(mode, lambda r: r["cpu"]["sink"] / gib(r))), None, None, "info")
+            if mode == "direct":
+                continue
+            row("    CPU s/GiB: tunnel client / tubes serve / tunnel server", slash(
+                *(tmed(mode, lambda r, k=k: r["cpu"][k] / gib(r))
+                  for k in ("tunnel_client", "relay", "tunnel_server"))), None, None, "info")
+        n_fail = sum(1 for r in recs if r["fig"] == "tunnel" and r["kind"] == "stream" and not r["ok"])
+        row("  transfers failed", n_fail, None, None, "0", verdict(n_fail == 0), 0)
+        row("  connection set-up, connect() -> first echoed byte, p50 / p99 ms", "", "", "", "")
+        sd = trecs("setup", "direct")[-1:] or [None]
+        for mode, label in (("direct", "(a) direct to the echo service"),
+                            ("plain", "(b) plain tunnel to it"), ("mux", "(c) --mux tunnel to it")):
+            su = trecs("setup", mode)
+            if not su:
+                continue
+            su = su[-1]
+            row(f"  {label}, {su['count']} connections (over 100 ms)",
+                f"{slash(su['p50_ms'], su['p99_ms'], nd=3)} ({su.get('over_100ms', '?')})", None, None, "info")
+            if mode != "direct" and sd[0]:
+                row("    p50 / direct p50", ratio(su["p50_ms"], sd[0]["p50_ms"]), None, None, "info", nd=1)
+        errs = [r["errors"] for r in recs if r["fig"] == "tunnel" and r["kind"] == "setup"]
+        row("  set-up errors (direct, plain, mux)",
+            " / ".join(str(r["errors"]) for m in TUNNEL_MODES for r in trecs("setup", m)[-1:]) or None,
+            None, None, "0", verdict(sum(errs) == 0) if errs else None)
+
+    # 11. WebSocket and SSE (Tubes column only)
+    fig(11)
+    ws = [r for r in recs if r["fig"] == "wsrtt"]
+    lives = {m: ([r for r in recs if r["fig"] == "live" and r["mode"] == m] or [None])[-1]
+             for m in ("sse", "plain")}
+    if ws or any(lives.values()):
+        row("11 WebSocket and live/SSE (one tubes serve)", "", "", "", "")
+    if ws:
+        w = ws[-1]
+        row(f"  round trip of a 32-byte message, p50 / p99 ms ({w['ws']['count']} round trips)",
+            "", "", "", "")
+        fig11 = (("ws", "(a) ws=pair: A -> relay -> B -> relay -> A"),
+                 ("http", "(b) HTTP: a PUT + a GET per message, each way"),
+                 ("tcp", "(c) raw TCP echo on loopback, no relay"))
+        for kind, label in fig11:
+            r = w[kind]
+            row(f"  {label}", slash(r["rtt_p50_ms"], r["rtt_p99_ms"], nd=3), None, None, "info")
+            if kind != "tcp":
+                row("    one way (A -> B; for HTTP: one message's PUT + GET)",
+                    slash(r["one_p50_ms"], r["one_p99_ms"], nd=3), None, None, "info")
+        row("  ws / HTTP round trip p50", ratio(w["ws"]["rtt_p50_ms"], w["http"]["rtt_p50_ms"]),
+            None, None, "info")
+        row("  ws / raw TCP echo round trip p50", ratio(w["ws"]["rtt_p50_ms"], w["tcp"]["rtt_p50_ms"]),
+            None, None, "info")
+        row("  round trips failed (ws, http, tcp)",
+            " / ".join(str(w[k]["errors"]) for k in ("ws", "http", "tcp")), None, None, "0",
+            verdict(all(w[k]["errors"] == 0 for k in ("ws", "http", "tcp"))))
+    lv = next((x for x in lives.values() if x), None)
+    if lv:
+        row(f"  live fan-out: {lv['receivers']} receivers, {lv['rate']:g} lines/s for {lv['seconds']:g} s, "
+            f"{lv['line_bytes']}-byte lines", "", "", "", "")
+    for mode, label in (("sse", "(d) SSE receivers (Accept: text/event-stream)"),
+                        ("plain", "(e) plain GET ?live receivers (raw bytes)")):
+        L = lives[mode]
+        if not L:
+            continue
+        row(f"  {label}, {L['sent']} lines", "", "", "", "")
+        row("    write -> arrival at the receiving socket, p50 / p99 ms",
+            slash(L["arrival_p50_ms"], L["arrival_p99_ms"], nd=2), None, None, "info")
+        row("    write -> read by the client, p50 / p99 ms",
+            slash(L["read_p50_ms"], L["read_p99_ms"], nd=2), None, None, "info")
+        row("    lines lost (receivers with a loss)", f"{L['lost']} ({L['receivers_with_loss']})",
+            None, None, "0", verdict(L["lost"] == 0 and L["sent"] > 0))
+        row("    receivers failed / not ended", f"{L['failed']} / {L['not_ended']}", None, None, "0",
+            verdict(L["failed"] == 0 and L["not_ended"] == 0))
+        row("    server CPU s (cores)", f"{fmt(L['server_cpu'])} ({fmt(L['server_cpu'] / L['wall'])})",
+            None, None, "info")
+        row("    server RSS KB per receiver (joined - before) / N",
+            (L["rss_receivers_kb"] - L["rss_before_kb"]) / max(1, L["opened"]), None, None, "info", nd=1)
+        row("    server RSS MB: before / receivers joined / peak", slash(
+            L["rss_before_kb"] / 1024, L["rss_receivers_kb"] / 1024, L["rss_peak_kb"] / 1024, nd=1),
+            None, None, "info")
+        row("    client CPU s: receivers (one Python process) / sender",
+            slash(L["client_cpu"], L["sender_cpu"]), None, None, "info")
+    if lives["sse"] and lives["plain"]:
+        S, Pl = lives["sse"], lives["plain"]
+        row("  SSE / plain: arrival p50", ratio(S["arrival_p50_ms"], Pl["arrival_p50_ms"]), None, None, "info")
+        row("  SSE / plain: server CPU", ratio(S["server_cpu"], Pl["server_cpu"]), None, None, "info")
+
     # print
     head = ("figure", "Tubes", "socat", "npm", "T/socat", "T/npm", "target", "")
     table = [head]
@@ -1054,12 +1894,17 @@ def cmd_report(a):
             out.append("  ".join("-" * w for w in widths).rstrip())
     # (figure 9's 1 KiB transfers last ~20 ms, too short for /proc/stat's
     # 10 ms ticks: left out)
-    other = [r["other_cores"] for r in recs if r["fig"] in ("stream", "client") and "other_cores" in r
-             and r.get("tag", "big") == "big"]
+    other = [r["other_cores"] for r in recs if r["fig"] in ("stream", "client", "tunnel", "live", "wsrtt")
+             and "other_cores" in r and r.get("tag", "big") == "big"]
     if other:
         o = statistics.median(other)
-        out.append(f"CPU used by other processes during the stream and client runs: median {o:.2f}, max {max(other):.2f} cores"
+        out.append(f"CPU used by other processes during the stream, client, tunnel, round-trip and live runs: median {o:.2f}, max {max(other):.2f} cores"
                    + ("  (busy machine: throughput figures are noisy)" if o > 0.15 else ""))
+    failed10 = [r for r in recs if r["fig"] == "tunnel" and r["kind"] == "stream" and not r["ok"]]
+    if failed10:
+        out.append("failed tunnel transfers (figure 10): " + ", ".join(
+            f"{r['mode']} (sender rc {r.get('sender_rc')}, {r['delivered']} of {r['size']} bytes)"
+            for r in failed10))
     failed = [r for r in recs if r["fig"] == "stream" and not r["ok"]]
     failed9 = [r for r in recs if r["fig"] == "client" and not r["ok"]]
     if failed9:
@@ -1115,6 +1960,32 @@ def main():
             q.add_argument("--count", type=int, required=True)
         if name == "waiters":
             q.add_argument("--settle", type=float, default=12)
+    sv = sub.add_parser("service"); sv.add_argument("--kind", required=True, choices=("sink", "echo"))
+    ls = sub.add_parser("live-send")
+    ls.add_argument("--port", type=int, required=True); ls.add_argument("--path", required=True)
+    ls.add_argument("--rate", type=float, required=True); ls.add_argument("--seconds", type=float, required=True)
+    ls.add_argument("--line-bytes", type=int, default=64)
+    for name in ("tunnel", "wsrtt", "live"):
+        q = sub.add_parser(name)
+        q.add_argument("--out", required=True)
+        q.add_argument("--port", type=int, required=True, help="tubes serve's plain HTTP port")
+        q.add_argument("--pid", type=int, required=True, help="tubes serve's pid")
+        q.add_argument("--max-time", type=float, default=120)
+        if name == "tunnel":
+            q.add_argument("--file", required=True)
+            q.add_argument("--tubes", required=True, help="path of the tubes binary")
+            q.add_argument("--reps", type=int, default=3)
+            q.add_argument("--conns", type=int, default=200, help="set-up: connections (plain: a quarter)")
+            q.add_argument("--log-dir", required=True, help="where the tunnels' logs go")
+        if name == "wsrtt":
+            q.add_argument("--count", type=int, default=2000)
+            q.add_argument("--warm", type=int, default=20)
+        if name == "live":
+            q.add_argument("--mode", required=True, choices=("sse", "plain"))
+            q.add_argument("--receivers", type=int, default=1000)
+            q.add_argument("--rate", type=float, default=20, help="lines per second")
+            q.add_argument("--seconds", type=float, default=10)
+            q.add_argument("--line-bytes", type=int, default=64)
     r = sub.add_parser("report"); r.add_argument("--out", required=True); r.add_argument("--meta")
     r.add_argument("--only", default="", help="comma-separated figure numbers to print (default all)")
     a = p.parse_args()
@@ -1127,7 +1998,7 @@ def main():
     elif a.cmd == "waitport":
         sys.exit(0 if wait_port(a.port, a.timeout) else 1)
     else:
-        globals()["cmd_" + a.cmd](a)
+        globals()["cmd_" + a.cmd.replace("-", "_")](a)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 # Usage: bench/run.sh            (defaults: 1 GiB streams, 10,000 waiters)
 #        BENCH_GIB=0.25 BENCH_WAITERS=2000 BENCH_REPS=1 bench/run.sh   (quick)
 #        BENCH_ONLY=9 bench/run.sh   (only figure 9; a list works too: BENCH_ONLY=1,9)
+#        BENCH_ONLY=10,11 bench/run.sh   (tunnels; WebSocket and live/SSE)
 # See bench/README.md. Scratch files go to bench/out/.
 set -euo pipefail
 
@@ -21,6 +22,11 @@ BENCH_SOCAT_BUF=${BENCH_SOCAT_BUF:-65536} # socat -b (curl's upload buffer is 64
 BENCH_MAX_TIME=${BENCH_MAX_TIME:-120} # bound on any one transfer, seconds
 BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BENCH_H3_THREADS=${BENCH_H3_THREADS:-1} # runtime threads of the h3 client (figure 8)
+BENCH_TUNNEL_CONNS=${BENCH_TUNNEL_CONNS:-200} # figure 10: sequential connections timed (plain: a quarter)
+BENCH_WS_N=${BENCH_WS_N:-2000}       # figure 11: round trips of a small message
+BENCH_LIVE_RECEIVERS=${BENCH_LIVE_RECEIVERS:-1000} # figure 11: live receivers (SSE, then plain)
+BENCH_LIVE_RATE=${BENCH_LIVE_RATE:-20} # figure 11: lines per second from the live sender
+BENCH_LIVE_SECONDS=${BENCH_LIVE_SECONDS:-10} # figure 11: how long the live sender writes
 BENCH_ONLY=${BENCH_ONLY:-}           # comma-separated figure numbers to run (default: all)
 # Extra flags for `tubes serve`, e.g. BENCH_TUBES_ARGS="--threads 1".
 read -r -a TUBES_ARGS <<< "${BENCH_TUBES_ARGS:-}"
@@ -33,12 +39,12 @@ want() {
     for f in "$@"; do [[ ",${BENCH_ONLY// /}," == *",$f,"* ]] && return 0; done
     return 1
 }
-if [[ -n $BENCH_ONLY && ! $BENCH_ONLY =~ ^[1-9]([[:space:]]*,[[:space:]]*[1-9])*$ ]]; then
-    printf 'BENCH_ONLY=%s: give figure numbers 1-9, comma-separated\n' "$BENCH_ONLY" >&2
+if [[ -n $BENCH_ONLY && ! $BENCH_ONLY =~ ^(1[01]|[1-9])([[:space:]]*,[[:space:]]*(1[01]|[1-9]))*$ ]]; then
+    printf 'BENCH_ONLY=%s: give figure numbers 1-11, comma-separated\n' "$BENCH_ONLY" >&2
     exit 2
 fi
 NEED_NPM=0; want 1 2 3 4 5 6 7 && NEED_NPM=1
-NEED_FILE=0; want 1 2 6 7 8 && NEED_FILE=1
+NEED_FILE=0; want 1 2 6 7 8 10 && NEED_FILE=1
 # A measurement that breaks is logged and left out of the table; the run goes on.
 measure() { "${PY[@]}" "$@" || log "measurement failed (exit $?): $1 ${*:2}"; }
 
@@ -98,6 +104,10 @@ if ((BENCH_WAITERS + 200 > want)); then
     log "open-file limit is $want (hard $hard): lowering BENCH_WAITERS from $BENCH_WAITERS to $((want - 200))"
     BENCH_WAITERS=$((want - 200))
 fi
+if ((BENCH_LIVE_RECEIVERS + 200 > want)); then
+    log "open-file limit is $want (hard $hard): lowering BENCH_LIVE_RECEIVERS from $BENCH_LIVE_RECEIVERS to $((want - 200))"
+    BENCH_LIVE_RECEIVERS=$((want - 200))
+fi
 
 # ------------------------------------------------------------ data file
 mkdir -p "$OUT"
@@ -114,7 +124,7 @@ fi
 
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
-rm -f "$OUT"/tubes-*.log "$OUT"/npm-*.log # server logs of earlier runs
+rm -f "$OUT"/tubes-*.log "$OUT"/npm-*.log "$OUT"/tunnel-*.log # server and tunnel logs of earlier runs
 python3 - "$OUT/meta.json" <<EOF
 import json, sys, subprocess
 def v(*c):
@@ -127,6 +137,9 @@ json.dump({"file": "$MIB MiB", "reps": $BENCH_REPS, "waiters": $BENCH_WAITERS,
            "npm piping-server": v("$NPM_SERVER", "--version") if $NEED_NPM else "(not run)",
            "curl": v("curl", "--version").split()[1], "socat -b": $BENCH_SOCAT_BUF,
            "tubes args": "${BENCH_TUBES_ARGS:-}" or "(none)", "h3_client threads": $BENCH_H3_THREADS,
+           **({"tunnel connections": $BENCH_TUNNEL_CONNS} if $(want 10 && echo 1 || echo 0) else {}),
+           **({"ws round trips": $BENCH_WS_N, "live": "$BENCH_LIVE_RECEIVERS receivers x $BENCH_LIVE_RATE lines/s x $BENCH_LIVE_SECONDS s"}
+              if $(want 11 && echo 1 || echo 0) else {}),
            **({"figures": "$BENCH_ONLY"} if "$BENCH_ONLY" else {})},
           open(sys.argv[1], "w"))
 EOF
@@ -175,7 +188,7 @@ want 3 && for kind in tubes npm; do
     stop_server "$PID"
 done
 
-if want 1 2 4 5 6 7 8 9; then
+if want 1 2 4 5 6 7 8 9 10 11; then
     start_server tubes tls; TPORT=$PORT TPID=$PID TTLSPORT=$TLSPORT
 fi
 if want 1 2 4 5 6 7; then
@@ -277,6 +290,25 @@ if want 9; then
         for mode in curl plain code pass; do client "$mode" "$TINY9" tiny; done
     done
     rm -rf -- "$CLIENT_DIR"; CLIENT_DIR=
+fi
+
+# 10. tunnels through the same tubes serve: throughput beside a direct
+# connection, then connection set-up time (tunnel logs: bench/out/tunnel-*.log)
+if want 10; then
+    log "10. tunnels: $MIB MiB through plain and --mux tunnels beside direct, $BENCH_REPS reps; set-up of $BENCH_TUNNEL_CONNS connections"
+    measure tunnel --out "$RESULTS" --port "$TPORT" --pid "$TPID" --tubes "$TUBES" --file "$FILE" \
+        --reps "$BENCH_REPS" --conns "$BENCH_TUNNEL_CONNS" --log-dir "$OUT" --max-time "$BENCH_MAX_TIME"
+fi
+
+# 11. WebSocket pair round trips beside HTTP and raw TCP; live fan-out, SSE then plain
+if want 11; then
+    log "11. $BENCH_WS_N round trips: ws=pair, HTTP PUT+GET, raw TCP echo"
+    measure wsrtt --out "$RESULTS" --port "$TPORT" --pid "$TPID" --count "$BENCH_WS_N" --max-time 120
+    for mode in sse plain; do
+        log "11. live fan-out to $BENCH_LIVE_RECEIVERS $mode receivers, $BENCH_LIVE_RATE lines/s for $BENCH_LIVE_SECONDS s"
+        measure live --out "$RESULTS" --port "$TPORT" --pid "$TPID" --mode "$mode" \
+            --receivers "$BENCH_LIVE_RECEIVERS" --rate "$BENCH_LIVE_RATE" --seconds "$BENCH_LIVE_SECONDS"
+    done
 fi
 
 # 4. latency, 5. simultaneous pairs
