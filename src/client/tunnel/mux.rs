@@ -21,6 +21,12 @@ use super::{connect_service, socks, Local};
 use crate::client::http::{read_message_at_most, Relay, Upload};
 use crate::client::ClientError;
 
+/// The wait before asking again for the control path while the relay
+/// still holds the last announcement's transfer.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+/// Quick retries before falling back to the ordinary backoff.
+const BUSY_RETRIES: u32 = 50;
+
 /// What the service side connects to for each announced connection.
 #[derive(Clone, Debug)]
 pub enum Service {
@@ -39,6 +45,7 @@ pub async fn serve(
 ) -> Result<(), ClientError> {
     let control = control_path(&path);
     let mut backoff = Backoff::default();
+    let mut busy_retries = 0;
     loop {
         let message = match relay.receive(&control, None).await {
             Ok(response) => read_message_at_most(response, MAX_CONTROL).await,
@@ -59,6 +66,7 @@ pub async fn serve(
         let open = match message {
             Ok(raw) => {
                 backoff.reset();
+                busy_retries = 0;
                 match Open::parse(&raw) {
                     Some(open) => open,
                     None => {
@@ -66,6 +74,20 @@ pub async fn serve(
                         continue;
                     }
                 }
+            }
+            // The relay frees the control path a moment after the last
+            // announcement's transfer ended; asking again at once can meet
+            // "established already". That is not the relay being away: try
+            // again almost at once, without growing the backoff.
+            Err(ClientError::Refused { status: 400, .. }) => {
+                busy_retries += 1;
+                if busy_retries > BUSY_RETRIES {
+                    busy_retries = 0;
+                    tokio::time::sleep(backoff.next_delay()).await;
+                } else {
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
+                continue;
             }
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -164,6 +186,7 @@ async fn announcer(
     mut queue: mpsc::Receiver<(Open, oneshot::Sender<()>)>,
     key: Option<Arc<TunnelKey>>,
 ) {
+    let mut busy_retries = 0;
     let mut backoff = Backoff::default();
     while let Some((open, taken)) = queue.recv().await {
         let line = match &key {
@@ -191,10 +214,18 @@ async fn announcer(
             match sent {
                 Ok(()) => {
                     backoff.reset();
+                    busy_retries = 0;
                     let _ = taken.send(());
                     break;
                 }
+                // The path still busy with the last announcement (or
+                // another client's): soon free, so ask again soon.
+                Err(ClientError::Refused { status: 400, .. }) if busy_retries < BUSY_RETRIES => {
+                    busy_retries += 1;
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
                 Err(e) => {
+                    busy_retries = 0;
                     let delay = backoff.next_delay();
                     tracing::warn!(
                         "tunnel: announcing a connection: {e}; trying again in {delay:?}"
