@@ -4,12 +4,16 @@
 //! # Layout
 //!
 //! - [`relay`]: the core. Paths, rendezvous of a sender with `n`
-//!   receivers, fan-out with backpressure, cleanup. Knows nothing of HTTP.
+//!   receivers, fan-out with backpressure, cleanup; beside it the other
+//!   registries: [`relay::pair`] (two peers joined), [`relay::live`]
+//!   (broadcast with a window), [`relay::room`] (signaling rooms). Knows
+//!   nothing of HTTP.
 //! - [`transport`]: protocols around the core; [`transport::http`] serves
-//!   HTTP/1.0, HTTP/1.1 and cleartext HTTP/2, [`transport::pages`] the
-//!   reserved pages.
-//! - [`client`]: `tubes send` and `tubes recv`: a Piping client with
-//!   codes, folders and end-to-end encryption.
+//!   HTTP/1.0, HTTP/1.1 and HTTP/2, [`transport::http3`] HTTP/3,
+//!   [`transport::websocket`] and [`transport::sse`] the WebSocket and
+//!   event-stream views, [`transport::pages`] the reserved pages.
+//! - [`client`]: `tubes send`, `tubes recv` and `tubes tunnel`: a Piping
+//!   client with codes, folders, end-to-end encryption and TCP tunnels.
 //! - [`server`]: binding, the accept loop and shutdown: `serve(listener,
 //!   relay, config, shutdown)`.
 //!
