@@ -165,7 +165,7 @@ where
     rx
 }
 
-/// Uploads `reader` to `path` as frames (see [`frames_from`]).
+/// Uploads `reader` to `path` as frames (see `frames_from`).
 pub async fn upload_framed<R>(
     relay: &Relay,
     path: &str,
