@@ -173,6 +173,25 @@ struct State {
 }
 
 impl Channel {
+    /// A channel with its sender (`head`, `sender`), or waiting for one.
+    fn new(head: Option<Head>, sender: Option<u64>) -> Self {
+        Channel {
+            state: Mutex::new(State {
+                framing: head.as_ref().map_or(Framing::None, Framing::for_head),
+                head,
+                sender,
+                chunks: VecDeque::new(),
+                start: 0,
+                end: 0,
+                window_bytes: 0,
+                frame_starts: VecDeque::new(),
+                ended: None,
+                receivers: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -491,21 +510,7 @@ impl Relay {
                 c
             }
             None => {
-                let c = Arc::new(Channel {
-                    state: Mutex::new(State {
-                        framing: Framing::for_head(&head),
-                        head: Some(head),
-                        sender: Some(id),
-                        chunks: VecDeque::new(),
-                        start: 0,
-                        end: 0,
-                        window_bytes: 0,
-                        frame_starts: VecDeque::new(),
-                        ended: None,
-                        receivers: 0,
-                    }),
-                    notify: Notify::new(),
-                });
+                let c = Arc::new(Channel::new(Some(head), Some(id)));
                 map.insert(path.into(), Arc::clone(&c));
                 c
             }
@@ -526,23 +531,10 @@ impl Relay {
     pub fn live_receive(&self, path: &str) -> LiveReceiver {
         let shared = &self.shared;
         let mut map = shared.lives.lock();
-        let channel = Arc::clone(map.entry(path.into()).or_insert_with(|| {
-            Arc::new(Channel {
-                state: Mutex::new(State {
-                    framing: Framing::None,
-                    head: None,
-                    sender: None,
-                    chunks: VecDeque::new(),
-                    start: 0,
-                    end: 0,
-                    window_bytes: 0,
-                    frame_starts: VecDeque::new(),
-                    ended: None,
-                    receivers: 0,
-                }),
-                notify: Notify::new(),
-            })
-        }));
+        let channel = Arc::clone(
+            map.entry(path.into())
+                .or_insert_with(|| Arc::new(Channel::new(None, None))),
+        );
         let early = {
             let mut state = channel.state();
             state.receivers += 1;
