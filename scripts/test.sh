@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # tests/browser.rs), `script` from bsdutils (a pseudo-terminal for the
 # progress bar in tests/client_interop.rs), tar (unpacks a folder the
 # client sent, in the same file) and OpenSSH, server and client (sshd, ssh,
-# scp and ssh-keygen carried through the tunnels of tests/tunnel.rs).
+# scp and ssh-keygen carried through the tunnels of tests/tunnel.rs) and
+# nginx (the load balancer in front of three nodes in tests/scaleout.rs).
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v socat >/dev/null || need+=(socat)
@@ -22,6 +23,7 @@ command -v script >/dev/null || need+=(bsdutils)
 command -v tar >/dev/null || need+=(tar)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
