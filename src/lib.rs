@@ -23,6 +23,9 @@
 #![warn(clippy::await_holding_lock)]
 
 pub mod client;
+pub mod metrics;
+pub mod policy;
 pub mod relay;
 pub mod server;
+pub mod settings;
 pub mod transport;

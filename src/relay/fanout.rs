@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -35,6 +36,9 @@ pub(super) struct SenderTask {
     pub log: mpsc::UnboundedSender<Log>,
     pub queue_chunks: usize,
     pub read_ahead: usize,
+    pub wait_timeout: Option<std::time::Duration>,
+    /// 0: no limit.
+    pub max_bytes: u64,
 }
 
 /// What the task holds towards one receiver.
@@ -53,6 +57,8 @@ pub(super) async fn run_sender(task: SenderTask) {
         log,
         queue_chunks,
         read_ahead,
+        wait_timeout,
+        max_bytes,
     } = task;
     let say = |line| {
         // The sender may have stopped reading its log; the transfer goes on.
@@ -64,6 +70,13 @@ pub(super) async fn run_sender(task: SenderTask) {
     let mut early: VecDeque<Bytes> = VecDeque::new();
     let mut early_bytes = 0;
     let mut body_ended = false;
+    let timeout = async {
+        match wait_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
     let receivers = loop {
         tokio::select! {
             biased;
@@ -71,6 +84,13 @@ pub(super) async fn run_sender(task: SenderTask) {
                 Ok(receivers) => break receivers,
                 // Unregistered: the sender left.
                 Err(_) => return,
+            },
+            () = &mut timeout => {
+                if let Some(limit) = wait_timeout {
+                    say(Log::WaitTimedOut(limit));
+                }
+                tracing::debug!(path = %guard.path, "no receivers in time");
+                return;
             },
             item = body.next(), if !body_ended && early_bytes < read_ahead => match item {
                 Some(Ok(chunk)) => {
@@ -86,6 +106,13 @@ pub(super) async fn run_sender(task: SenderTask) {
     tracing::debug!(path = %guard.path, receivers = receivers.len(), "transfer starts");
 
     say(Log::Start(n));
+    let totals = &guard.shared.totals;
+    totals.started.fetch_add(1, Ordering::Relaxed);
+    // Counted as aborted unless it reaches the end below.
+    let mut outcome = Outcome {
+        totals,
+        complete: false,
+    };
     let mut outs = Vec::with_capacity(receivers.len());
     for receiver in receivers {
         let (queue, rx) = mpsc::channel(queue_chunks.max(1));
@@ -130,6 +157,14 @@ pub(super) async fn run_sender(task: SenderTask) {
                     continue;
                 }
                 sent += len as u64;
+                totals.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                if max_bytes > 0 && sent > max_bytes {
+                    say(Log::TooLarge(max_bytes));
+                    tracing::debug!(path = %guard.path, sent, "transfer over the bytes limit");
+                    // Dropping the queues without an end aborts every receiver.
+                    tokio::spawn(linger(body));
+                    return;
+                }
                 let batch: Arc<[Bytes]> = batch.into();
                 let mut i = 0;
                 while i < outs.len() {
@@ -179,11 +214,30 @@ pub(super) async fn run_sender(task: SenderTask) {
         }
     }
     if finished == total {
+        outcome.complete = true;
         say(Log::AllReceived);
     } else if finished == 0 {
         say(Log::AllAborted);
     }
     tracing::debug!(path = %guard.path, sent, finished, "transfer ends");
+}
+
+/// Counts a started transfer as completed or aborted when it ends, by
+/// whatever way it ends.
+struct Outcome<'a> {
+    totals: &'a super::Totals,
+    complete: bool,
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        let counter = if self.complete {
+            &self.totals.completed
+        } else {
+            &self.totals.aborted
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Bytes gathered into one hand-over when more of the body is already

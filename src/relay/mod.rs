@@ -31,6 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -55,6 +56,12 @@ pub struct RelayConfig {
     /// Bytes of a waiting sender's body read ahead so that the relay sees
     /// the sender leave (a connection is only seen closing when read).
     pub read_ahead: usize,
+    /// How long a sender or receiver may wait for its peers.
+    pub wait_timeout: Option<Duration>,
+    /// Paths in use at once (waiting or transferring); 0: no limit.
+    pub max_paths: usize,
+    /// Bytes one transfer may carry; 0: no limit.
+    pub max_transfer_bytes: u64,
 }
 
 impl Default for RelayConfig {
@@ -62,8 +69,33 @@ impl Default for RelayConfig {
         RelayConfig {
             queue_chunks: 4,
             read_ahead: 64 * 1024,
+            wait_timeout: None,
+            max_paths: 0,
+            max_transfer_bytes: 0,
         }
     }
+}
+
+/// Running totals since start, for metrics.
+#[derive(Debug, Default)]
+struct Totals {
+    started: AtomicU64,
+    completed: AtomicU64,
+    aborted: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A snapshot of [`Relay::totals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TotalsSnapshot {
+    /// Transfers that started (all peers met).
+    pub started: u64,
+    /// Transfers every receiver got whole.
+    pub completed: u64,
+    /// Transfers cut short (sender cut, every receiver gone, too large).
+    pub aborted: u64,
+    /// Bytes read from senders of started transfers.
+    pub bytes: u64,
 }
 
 /// The registry of paths. Cheap to clone; all clones share one registry.
@@ -85,6 +117,7 @@ struct Shared {
     lives: live::Lives,
     /// Signaling rooms (see [`room`]).
     rooms: room::Rooms,
+    totals: Totals,
 }
 
 enum Slot {
@@ -157,6 +190,10 @@ impl Relay {
         head: Head,
         body: ByteStream,
     ) -> Result<SenderLog, Reject> {
+        let max = self.shared.config.max_transfer_bytes;
+        if max > 0 && head.content_length.is_some_and(|length| length > max) {
+            return Err(Reject::TooLarge(max));
+        }
         let id = self.shared.next_id();
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let (start_tx, start_rx) = oneshot::channel();
@@ -175,6 +212,7 @@ impl Relay {
                 }
                 Some(Slot::Waiting(_)) => {}
                 None => {
+                    self.shared.check_room_for_a_path(paths.len())?;
                     paths.insert(
                         path.into(),
                         Slot::Waiting(Waiting {
@@ -210,6 +248,8 @@ impl Relay {
             log: log_tx,
             queue_chunks: self.shared.config.queue_chunks,
             read_ahead: self.shared.config.read_ahead,
+            wait_timeout: self.shared.config.wait_timeout,
+            max_bytes: self.shared.config.max_transfer_bytes,
         });
         if let Some(start) = ready {
             start.go();
@@ -245,6 +285,7 @@ impl Relay {
                     }
                 }
                 None => {
+                    self.shared.check_room_for_a_path(paths.len())?;
                     paths.insert(
                         path.into(),
                         Slot::Waiting(Waiting {
@@ -263,6 +304,7 @@ impl Relay {
         }
         Ok(ReceiverTicket {
             delivery,
+            wait_timeout: self.shared.config.wait_timeout,
             _guard: PeerGuard::new(&self.shared, path, id, false),
         })
     }
@@ -288,6 +330,22 @@ impl Relay {
                 return (self.stats(), false);
             }
         }
+    }
+
+    /// Totals since the relay started.
+    pub fn totals(&self) -> TotalsSnapshot {
+        let t = &self.shared.totals;
+        TotalsSnapshot {
+            started: t.started.load(Ordering::Relaxed),
+            completed: t.completed.load(Ordering::Relaxed),
+            aborted: t.aborted.load(Ordering::Relaxed),
+            bytes: t.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The core's settings.
+    pub fn config(&self) -> &RelayConfig {
+        &self.shared.config
     }
 
     /// What the registry holds right now.
@@ -348,6 +406,16 @@ fn take_if_ready(paths: &mut HashMap<Box<str>, Slot>, path: &str) -> Option<Star
 impl Shared {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Refuses a new path when the registry holds as many as allowed.
+    fn check_room_for_a_path(&self, in_use: usize) -> Result<(), Reject> {
+        let max = self.config.max_paths;
+        if max > 0 && in_use >= max {
+            Err(Reject::TooManyPaths)
+        } else {
+            Ok(())
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Slot>> {
@@ -441,15 +509,36 @@ impl Stream for SenderLog {
 /// A waiting receiver. Dropping it (its client left) unregisters it.
 pub struct ReceiverTicket {
     delivery: oneshot::Receiver<Delivery>,
+    wait_timeout: Option<Duration>,
     _guard: PeerGuard,
 }
 
+/// Why a receiver's transfer did not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Undelivered {
+    /// The sender left between the rendezvous and the start.
+    #[error("[ERROR] The sender left before the transfer started.\n")]
+    SenderLeft,
+    /// Not in the Piping spec: nobody came within the wait limit.
+    #[error("[ERROR] No sender came within {}.\n", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+}
+
 impl ReceiverTicket {
-    /// Waits for the transfer to start. `None` if it never will (the
-    /// sender left between the rendezvous and the start).
-    pub async fn ready(self) -> Option<Delivery> {
-        let ReceiverTicket { delivery, _guard } = self;
-        delivery.await.ok()
+    /// Waits for the transfer to start, at most the wait limit.
+    pub async fn ready(self) -> Result<Delivery, Undelivered> {
+        let ReceiverTicket {
+            delivery,
+            wait_timeout,
+            _guard,
+        } = self;
+        match wait_timeout {
+            Some(limit) => match tokio::time::timeout(limit, delivery).await {
+                Ok(delivered) => delivered.map_err(|_| Undelivered::SenderLeft),
+                Err(_) => Err(Undelivered::TimedOut(limit)),
+            },
+            None => delivery.await.map_err(|_| Undelivered::SenderLeft),
+        }
     }
 }
 

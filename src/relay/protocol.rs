@@ -99,6 +99,24 @@ pub enum Reject {
     CountMismatch { expected: Count, got: Count },
     #[error("[ERROR] The number of receivers has reached limits.\n")]
     ReceiversFull,
+    /// Not in the Piping spec: the operator's cap on paths in use.
+    #[error("[ERROR] The server is busy: too many paths are in use. Try again later.\n")]
+    TooManyPaths,
+    /// Not in the Piping spec: the operator's cap on bytes per transfer.
+    #[error("[ERROR] A transfer may carry at most {0} bytes on this server.\n")]
+    TooLarge(u64),
+}
+
+impl Reject {
+    /// The HTTP status a transport gives this refusal: 400, except for the
+    /// server's own limits.
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::TooManyPaths => 503,
+            Reject::TooLarge(_) => 413,
+            _ => 400,
+        }
+    }
 }
 
 /// One line of the sender's live log (its response body).
@@ -113,6 +131,10 @@ pub enum Log {
     ReceiverAborted,
     AllAborted,
     SendFailed,
+    /// Not in the Piping spec: no peers came within the wait limit.
+    WaitTimedOut(std::time::Duration),
+    /// Not in the Piping spec: the body went over the bytes limit.
+    TooLarge(u64),
 }
 
 impl fmt::Display for Log {
@@ -131,6 +153,15 @@ impl fmt::Display for Log {
             Log::ReceiverAborted => writeln!(f, "[INFO] A receiver aborted."),
             Log::AllAborted => writeln!(f, "[INFO] All receiver(s) was/were aborted halfway."),
             Log::SendFailed => writeln!(f, "[ERROR] Failed to send."),
+            Log::WaitTimedOut(after) => writeln!(
+                f,
+                "[ERROR] No receiver came within {}.",
+                humantime::format_duration(*after)
+            ),
+            Log::TooLarge(max) => writeln!(
+                f,
+                "[ERROR] A transfer may carry at most {max} bytes on this server; every receiver was aborted."
+            ),
         }
     }
 }

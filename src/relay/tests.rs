@@ -164,6 +164,7 @@ async fn a_slow_receiver_holds_the_sender_back_with_bounded_memory() {
     let relay = Relay::new(RelayConfig {
         queue_chunks: 2,
         read_ahead: 0,
+        ..RelayConfig::default()
     });
     let (tx, b) = body();
     let _log = tokio::spawn(lines(relay.send("/p", 1, head(), b).expect("sender")));
@@ -238,4 +239,100 @@ async fn a_known_length_receiver_that_stops_polling_counts_as_complete() {
     drop(tx);
     let log = log.await.expect("log");
     assert_eq!(log.last(), Some(&Log::AllReceived), "{log:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_peers_time_out_with_a_message_and_free_the_path() {
+    let relay = Relay::new(RelayConfig {
+        wait_timeout: Some(Duration::from_secs(60)),
+        ..RelayConfig::default()
+    });
+    let (_tx, b) = body();
+    let log = lines(relay.send("/s", 1, head(), b).expect("sender")).await;
+    assert_eq!(
+        log.last(),
+        Some(&Log::WaitTimedOut(Duration::from_secs(60)))
+    );
+    assert_eq!(
+        log.last().map(ToString::to_string).as_deref(),
+        Some("[ERROR] No receiver came within 1m.\n")
+    );
+    let ticket = relay.receive("/r", 1).expect("receiver");
+    let waited = ticket.ready().await.err();
+    assert_eq!(waited, Some(Undelivered::TimedOut(Duration::from_secs(60))));
+    settle(&relay, |s| s.paths == 0).await;
+}
+
+#[tokio::test]
+async fn the_path_cap_refuses_new_paths_only() {
+    let relay = Relay::new(RelayConfig {
+        max_paths: 2,
+        ..RelayConfig::default()
+    });
+    let a = relay.receive("/a", 2).expect("a");
+    let _b = relay.receive("/b", 1).expect("b");
+    assert_eq!(relay.receive("/c", 1).err(), Some(Reject::TooManyPaths));
+    assert_eq!(Reject::TooManyPaths.status(), 503);
+    // Joining a path already in use is fine.
+    let a2 = relay.receive("/a", 2).expect("a2");
+    drop((a, a2));
+    let _c = relay.receive("/c", 1).expect("room again");
+}
+
+#[tokio::test]
+async fn a_transfer_over_the_byte_limit_is_aborted_and_counted() {
+    let relay = Relay::new(RelayConfig {
+        max_transfer_bytes: 10,
+        ..RelayConfig::default()
+    });
+    let declared = Head {
+        content_length: Some(11),
+        ..head()
+    };
+    let (_tx, b) = body();
+    assert_eq!(
+        relay.send("/p", 1, declared, b).err().map(|r| r.status()),
+        Some(413)
+    );
+    let (tx, b) = body();
+    let log = tokio::spawn(lines(relay.send("/p", 1, head(), b).expect("sender")));
+    let r = relay.receive("/p", 1).expect("r");
+    let delivery = r.ready().await.expect("start");
+    tx.send(Ok(Bytes::from_static(b"0123456789")))
+        .await
+        .expect("feed");
+    tx.send(Ok(Bytes::from_static(b"x"))).await.expect("feed");
+    assert_eq!(collect(delivery.body).await, Err(Aborted));
+    assert_eq!(log.await.expect("log").last(), Some(&Log::TooLarge(10)));
+    let totals = relay.totals();
+    assert_eq!(
+        (totals.started, totals.completed, totals.aborted),
+        (1, 0, 1)
+    );
+    assert_eq!(totals.bytes, 11);
+}
+
+#[tokio::test]
+async fn totals_count_completed_transfers_and_bytes() {
+    let relay = Relay::default();
+    let (tx, b) = body();
+    let log = tokio::spawn(lines(relay.send("/p", 1, head(), b).expect("sender")));
+    let r = relay.receive("/p", 1).expect("r");
+    let delivery = r.ready().await.expect("start");
+    tx.send(Ok(Bytes::from_static(b"hello")))
+        .await
+        .expect("feed");
+    drop(tx);
+    assert_eq!(collect(delivery.body).await.expect("whole"), b"hello");
+    log.await.expect("log");
+    let totals = relay.totals();
+    assert_eq!(
+        (
+            totals.started,
+            totals.completed,
+            totals.aborted,
+            totals.bytes
+        ),
+        (1, 1, 0, 5)
+    );
 }

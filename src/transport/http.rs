@@ -17,8 +17,14 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::body::{self, Body};
 use super::{pages, sse, websocket};
+use crate::metrics::Rejection;
+use crate::policy::{Action, Credentials, Denied, Gate};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
 
 const X_PIPING: HeaderName = HeaderName::from_static("x-piping");
@@ -30,6 +36,10 @@ const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, OPTIONS";
 #[derive(Clone)]
 pub struct Handler {
     relay: Relay,
+    /// Auth, limits and metrics, shared by every connection.
+    gate: Arc<Gate>,
+    /// The connection's peer, when the transport knows it.
+    peer: Option<IpAddr>,
     /// Whether this listener is TLS (for the URLs shown in `/help`).
     tls: bool,
     /// `Alt-Svc` for every response, advertising HTTP/3 (behind an `Arc`
@@ -60,7 +70,22 @@ enum Refusal {
     RoomView,
     #[error("[ERROR] A room message is at most 64 KiB.\n")]
     RoomMessageTooLarge,
+    #[error("{0}")]
+    Denied(#[from] Denied),
+    #[error("[ERROR] Too many requests; try again in {} s.\n", retry_after(*.0))]
+    RateLimited(Duration),
+    #[error("{0}")]
+    Undelivered(#[from] relay::Undelivered),
 }
+
+/// Whole seconds to wait, at least one.
+fn retry_after(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// The health check on the relay's own port (also `/healthz` on the
+/// metrics address).
+pub const HEALTH_PATH: &str = "/-/healthz";
 
 /// The largest message posted to a room over HTTP.
 pub const MAX_ROOM_MESSAGE: usize = 64 * 1024;
@@ -69,7 +94,29 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Relay(reject) => {
+                StatusCode::from_u16(reject.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            Refusal::Denied(denied) => {
+                StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
+            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Undelivered(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The metrics' name for this refusal.
+    fn reason(&self) -> Rejection {
+        match self {
+            Refusal::Relay(relay::Reject::TooManyPaths) => Rejection::TooManyPaths,
+            Refusal::Relay(relay::Reject::TooLarge(_)) => Rejection::TooLarge,
+            Refusal::Relay(_) | Refusal::Room(_) | Refusal::WebSocket(_) => Rejection::Protocol,
+            Refusal::Denied(Denied::Forbidden(..)) => Rejection::Forbidden,
+            Refusal::Denied(_) => Rejection::Unauthorized,
+            Refusal::RateLimited(_) => Rejection::RateLimited,
+            Refusal::Undelivered(_) => Rejection::WaitTimeout,
+            _ => Rejection::BadRequest,
         }
     }
 }
@@ -78,9 +125,29 @@ impl Handler {
     pub fn new(relay: Relay, tls: bool) -> Self {
         Handler {
             relay,
+            gate: Arc::default(),
+            peer: None,
             tls,
             alt_svc: None,
         }
+    }
+
+    /// Uses `gate` for auth, limits and metrics (by default: none, and
+    /// metrics nobody reads).
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// This handler for one connection from `peer`.
+    pub fn for_peer(&self, peer: IpAddr) -> Self {
+        let mut handler = self.clone();
+        handler.peer = Some(peer);
+        handler
+    }
+
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// Adds `Alt-Svc: <value>` to every response (an invalid value is
@@ -108,8 +175,12 @@ impl Handler {
         let version = req.version();
         let head_only = req.method() == Method::HEAD;
         let alt_svc = self.alt_svc.clone();
+        let gate = Arc::clone(&self.gate);
         let finish = move |result: Result<Response<Body>, Refusal>| {
-            let mut response = result.unwrap_or_else(|refusal| error_response(&refusal));
+            let mut response = result.unwrap_or_else(|refusal| {
+                gate.metrics.rejected(refusal.reason());
+                error_response(&refusal)
+            });
             *response.version_mut() = version;
             if let Some(alt_svc) = alt_svc {
                 response
@@ -122,10 +193,61 @@ impl Handler {
             }
             Ok(response)
         };
-        match self.route(req) {
+        self.gate.metrics.request();
+        let route = match self.admit(&req) {
+            Ok(()) => self.route(req),
+            Err(refusal) => Route::Now(Err(refusal)),
+        };
+        match route {
             Route::Now(result) => Box::pin(std::future::ready(finish(result))),
             Route::Later(later) => Box::pin(async move { finish(later.await) }),
         }
+    }
+
+    /// The operator's checks, before anything reaches the relay: the
+    /// client's request rate, then whether its credentials allow what it
+    /// asks. Preflights and the reserved pages need no credentials.
+    fn admit<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
+        let policy = self.gate.policy();
+        if let Some(peer) = self.peer {
+            let forwarded = req
+                .headers()
+                .get("x-forwarded-for")
+                .map(HeaderValue::as_bytes);
+            let client = policy.client_ip(peer, forwarded);
+            policy.check_rate(client).map_err(Refusal::RateLimited)?;
+        }
+        if policy.auth.is_none() {
+            return Ok(());
+        }
+        let Some(action) = action_of(req) else {
+            return Ok(());
+        };
+        let query = req.uri().query().unwrap_or("");
+        let params: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
+            form_urlencoded::parse(query.as_bytes()).collect();
+        let param = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_ref())
+        };
+        let signed = match (param("allow"), param("exp"), param("sig")) {
+            (Some(allow), Some(exp), Some(sig)) => {
+                Some(crate::policy::auth::Signed { allow, exp, sig })
+            }
+            _ => None,
+        };
+        let credentials = Credentials {
+            authorization: req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+            query_token: param("token"),
+            signed,
+        };
+        policy.authorize(req.uri().path(), action, &credentials)?;
+        Ok(())
     }
 
     fn route<B>(&self, req: Request<B>) -> Route
@@ -144,7 +266,18 @@ impl Handler {
         }
         let method = req.method();
         if method == Method::OPTIONS {
-            return Route::Now(Ok(preflight(req.headers())));
+            return Route::Now(Ok(preflight(
+                req.headers(),
+                self.gate.policy().auth.is_some(),
+            )));
+        }
+        if (method == Method::GET || method == Method::HEAD) && req.uri().path() == HEALTH_PATH {
+            let (status, body) = crate::metrics::health(&self.gate.metrics, &self.relay);
+            let mut response = message(status, Body::full(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Route::Now(Ok(response));
         }
         let reserved = pages::Reserved::from_path(req.uri().path());
         if method == Method::GET || method == Method::HEAD {
@@ -189,8 +322,18 @@ impl Handler {
             return match self.receive(&req) {
                 Ok(ticket) => {
                     drop(req);
+                    let metrics = self.gate.metrics.clone();
                     Route::Later(Box::pin(async move {
-                        let delivery = ticket.ready().await;
+                        let wait = metrics.waiting_receiver();
+                        let delivery = match ticket.ready().await {
+                            Err(relay::Undelivered::TimedOut(after)) => {
+                                return Err(Refusal::Undelivered(relay::Undelivered::TimedOut(
+                                    after,
+                                )))
+                            }
+                            delivered => delivered.ok(),
+                        };
+                        wait.done();
                         Ok(match events {
                             Some((query, _)) => events_response(delivery, query.as_deref()),
                             None => receiver_response(delivery),
@@ -334,6 +477,7 @@ enum Route {
 /// sender left between the rendezvous and the start) gives a response that
 /// aborts at once, so the receiver sees a cut stream.
 fn receiver_response(delivery: Option<relay::Delivery>) -> Response<Body> {
+    // (A receiver whose wait timed out got its error response already.)
     let Some(relay::Delivery { head, body }) = delivery else {
         return Response::new(Body::Stream(relay::ReceiverStream::aborted()));
     };
@@ -360,7 +504,46 @@ fn receiver_response(delivery: Option<relay::Delivery>) -> Response<Body> {
         );
     }
     headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("none"));
+    no_buffering(headers);
     response
+}
+
+/// Asks proxies and caches on the way to pass a stream on as it comes:
+/// nginx buffers responses unless told `X-Accel-Buffering: no`, and
+/// nothing relayed may be cached.
+fn no_buffering(headers: &mut HeaderMap) {
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+}
+
+/// What a request asks to do, for auth; `None` for what needs no
+/// credentials (preflights, the reserved pages).
+fn action_of<B>(req: &Request<B>) -> Option<Action> {
+    let method = req.method();
+    if method == Method::OPTIONS {
+        return None;
+    }
+    if websocket::is_websocket(req) {
+        return Some(match query_value(req.uri().query(), "ws").as_deref() {
+            Some("send") => Action::Send,
+            Some("receive") => Action::Receive,
+            _ => Action::Both,
+        });
+    }
+    if pages::Reserved::from_path(req.uri().path()).is_some() {
+        return None;
+    }
+    if query_value(req.uri().query(), "room").is_some() {
+        return Some(Action::Both);
+    }
+    if method == Method::POST || method == Method::PUT {
+        Some(Action::Send)
+    } else {
+        Some(Action::Receive)
+    }
 }
 
 /// The head of an upload from its headers.
@@ -570,6 +753,7 @@ fn message(status: StatusCode, body: Body) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    no_buffering(headers);
     response
 }
 
@@ -582,16 +766,31 @@ fn error_response(refusal: &Refusal) -> Response<Body> {
     response
         .headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from(length));
-    if let Refusal::Method(_) = refusal {
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    let headers = response.headers_mut();
+    match refusal {
+        Refusal::Method(_) => {
+            headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        Refusal::Denied(denied) if denied.status() == 401 => {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tubes\", Basic realm=\"tubes\""),
+            );
+        }
+        Refusal::RateLimited(wait) => {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after(*wait)),
+            );
+        }
+        _ => {}
     }
     response
 }
 
 /// The CORS preflight, on any path.
-fn preflight(request: &HeaderMap) -> Response<Body> {
+/// With auth on, `Authorization` is listed among the allowed headers.
+fn preflight(request: &HeaderMap, auth: bool) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -601,7 +800,11 @@ fn preflight(request: &HeaderMap) -> Response<Body> {
     );
     headers.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Content-Type, Content-Disposition, X-Piping"),
+        HeaderValue::from_static(if auth {
+            "Content-Type, Content-Disposition, X-Piping, Authorization"
+        } else {
+            "Content-Type, Content-Disposition, X-Piping"
+        }),
     );
     headers.insert(
         ACCESS_CONTROL_EXPOSE_HEADERS,

@@ -317,9 +317,16 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
             },
         }
     };
-    let Some(delivery) = delivery else {
-        closing(&mut socket, CloseCode::Error, "aborted").await;
-        return;
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(crate::relay::Undelivered::TimedOut(_)) => {
+            closing(&mut socket, CloseCode::Again, "no sender came in time").await;
+            return;
+        }
+        Err(crate::relay::Undelivered::SenderLeft) => {
+            closing(&mut socket, CloseCode::Error, "aborted").await;
+            return;
+        }
     };
     let mut body = delivery.body;
     loop {
