@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod node;
 pub mod policy;
 pub mod relay;
 pub mod server;

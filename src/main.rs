@@ -2,7 +2,6 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -11,11 +10,9 @@ use tubes::client::recv::{self, RecvOptions};
 use tubes::client::send::{self, SendOptions};
 use tubes::client::tunnel;
 use tubes::client::ClientError;
-use tubes::relay::{Relay, RelayConfig};
-use tubes::server::{self, ServeConfig};
-use tubes::transport::http::Handler;
-use tubes::transport::http3;
-use tubes::transport::tls::{self, Certs};
+use tubes::node;
+use tubes::policy::auth;
+use tubes::settings::{LogFormat, Settings};
 
 /// jemalloc: about half the memory per waiting connection of glibc's
 /// malloc (page-aligned buffers leave untouched pages out of RSS), and it
@@ -42,6 +39,8 @@ enum Command {
     /// Carry TCP connections through the relay (SSH, VNC, databases...).
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Make a signed, expiring URL for a path of a server with auth.
+    Sign(SignArgs),
 }
 
 #[derive(Subcommand)]
@@ -195,18 +194,23 @@ struct RecvArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// Settings file (TOML; see docs/operate.md); flags and environment
+    /// variables override it; SIGHUP reloads its auth and limits
+    #[arg(long, env = "TUBES_SERVE_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on [default: every interface, IPv6 and IPv4]
     #[arg(long, env = "TUBES_HOST")]
     host: Option<IpAddr>,
-    /// Port of the plain HTTP listener (HTTP/1.0, 1.1 and cleartext HTTP/2)
-    #[arg(long, env = "TUBES_HTTP_PORT", default_value_t = 8080)]
-    http_port: u16,
+    /// Port of the plain HTTP listener (HTTP/1.0, 1.1 and cleartext
+    /// HTTP/2) [default: 8080]
+    #[arg(long, env = "TUBES_HTTP_PORT")]
+    http_port: Option<u16>,
     /// Also serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on --https-port
     #[arg(long, env = "TUBES_ENABLE_HTTPS")]
     enable_https: bool,
-    /// Port of the HTTPS listener
-    #[arg(long, env = "TUBES_HTTPS_PORT", default_value_t = 8443)]
-    https_port: u16,
+    /// Port of the HTTPS listener [default: 8443]
+    #[arg(long, env = "TUBES_HTTPS_PORT")]
+    https_port: Option<u16>,
     /// Certificate chain (PEM); reloaded when the file changes
     #[arg(long, env = "TUBES_CRT_PATH", requires = "key_path")]
     crt_path: Option<PathBuf>,
@@ -224,10 +228,89 @@ struct ServeArgs {
     /// stream with the least CPU; more serve more streams at once.
     #[arg(long, env = "TUBES_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// Serve Prometheus metrics (/metrics) and /healthz on this address,
+    /// e.g. 127.0.0.1:9090
+    #[arg(long, env = "TUBES_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// Log format [default: text]
+    #[arg(long, env = "TUBES_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The settings file, then the flags and environment over it.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = match &self.config {
+            Some(path) => {
+                let base = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+                Settings::load(path)?.relative_to(base)
+            }
+            None => Settings::default(),
+        };
+        if self.host.is_some() {
+            settings.host = self.host;
+        }
+        if let Some(port) = self.http_port {
+            settings.http_port = port;
+        }
+        let https = &mut settings.https;
+        https.enable |= self.enable_https;
+        if let Some(port) = self.https_port {
+            https.port = port;
+        }
+        if self.crt_path.is_some() {
+            https.crt_path.clone_from(&self.crt_path);
+            https.key_path.clone_from(&self.key_path);
+            https.self_signed = false;
+        }
+        https.self_signed |= self.self_signed;
+        https.http3 &= !self.no_http3;
+        if self.threads.is_some() {
+            settings.threads = self.threads;
+        }
+        if self.metrics_address.is_some() {
+            settings.metrics.address = self.metrics_address;
+        }
+        if let Some(format) = self.log_format {
+            settings.log.format = format;
+        }
+        Ok(settings)
+    }
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    /// The path the URL opens, e.g. /reports/today
+    path: String,
+    /// How long the URL works, e.g. 30m, 1h, 7d
+    #[arg(long, default_value = "1h")]
+    ttl: humantime::Duration,
+    /// What the URL allows: send, receive or both
+    #[arg(long, default_value = "receive", value_parser = ["send", "receive", "both"])]
+    allow: String,
+    /// The server's settings file, for its [auth] signing_key
+    #[arg(long, env = "TUBES_SERVE_CONFIG", required_unless_present = "key")]
+    config: Option<PathBuf>,
+    /// The signing key itself (instead of --config)
+    #[arg(long, env = "TUBES_SIGNING_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// The server's public URL, printed in front of the path
+    #[arg(long, short = 's', env = "TUBES_SERVER")]
+    server: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let settings = match &cli.command {
+        Command::Serve(args) => match args.settings() {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                eprintln!("tubes: {error:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     // The platform verifier logs every refused certificate as an error;
     // the client reports it once, in its own words.
     let quiet_default = if matches!(cli.command, Command::Serve(_) | Command::Tunnel(_)) {
@@ -235,21 +318,43 @@ fn main() -> std::process::ExitCode {
     } else {
         "warn,rustls_platform_verifier=off"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_default)),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_default));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match settings.as_ref().map(|s| s.log.format) {
+        Some(LogFormat::Json) => logs.json().init(),
+        _ => logs.init(),
+    }
     match cli.command {
-        Command::Serve(args) => match runtime(args.threads).and_then(|rt| rt.block_on(serve(args)))
-        {
-            Ok(()) => std::process::ExitCode::SUCCESS,
+        Command::Serve(args) => {
+            let settings = settings.unwrap_or_default();
+            let result = runtime(settings.threads).and_then(|rt| {
+                rt.block_on(node::run(
+                    settings,
+                    args.config.clone(),
+                    node::shutdown_signal(),
+                ))
+            });
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    // One line, the causes joined: no backtrace for a user's mistake.
+                    eprintln!("tubes: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Sign(args) => match sign(&args) {
+            Ok(url) => {
+                println!("{url}");
+                std::process::ExitCode::SUCCESS
+            }
             Err(error) => {
-                // One line, the causes joined: no backtrace for a user's mistake.
                 eprintln!("tubes: {error:#}");
-                std::process::ExitCode::FAILURE
+                std::process::ExitCode::from(2)
             }
         },
         Command::Send(args) => {
@@ -358,118 +463,31 @@ fn runtime(threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let tls = tls_source(&args)?;
-    let relay = Relay::new(RelayConfig::default());
-    let config = ServeConfig::default();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
+/// `tubes sign`: the signed URL of a path.
+fn sign(args: &SignArgs) -> anyhow::Result<String> {
+    let key = match (&args.key, &args.config) {
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => Settings::load(path)?
+            .auth
+            .and_then(|auth| auth.signing_key)
+            .with_context(|| format!("{}: no [auth] signing_key", path.display()))?,
+        (None, None) => anyhow::bail!("give --config or --key"),
     };
-    let mut servers = tokio::task::JoinSet::new();
-    let mut watcher = None;
-
-    if let Some(source) = tls {
-        let certs = Certs::load(source)?;
-        let listener = server::bind(args.host, args.https_port)
-            .with_context(|| format!("cannot listen on HTTPS port {}", args.https_port))?;
-        let address = listener.local_addr()?;
-        tracing::info!(
-            %address,
-            fingerprint = %certs.fingerprint(),
-            "Tubes is serving HTTPS"
+    if key.len() < auth::MIN_SIGNING_KEY {
+        anyhow::bail!(
+            "the signing key must have at least {} bytes",
+            auth::MIN_SIGNING_KEY
         );
-        let mut https_config = config.clone();
-        if !args.no_http3 {
-            // The same port number, over UDP.
-            let socket = server::bind_udp(args.host, address.port()).with_context(|| {
-                format!("cannot listen for HTTP/3 on UDP port {}", address.port())
-            })?;
-            tracing::info!(address = %socket.local_addr()?, "Tubes is serving HTTP/3");
-            https_config.alt_svc = Some(format!("h3=\":{}\"; ma=86400", address.port()));
-            let handler = Handler::new(relay.clone(), true);
-            servers.spawn(http3::serve(
-                socket,
-                handler,
-                Arc::clone(&certs),
-                until_stopped(),
-            ));
-        }
-        let tls_config = Arc::new(certs.server_config(&[tls::ALPN_H2, tls::ALPN_HTTP11]));
-        servers.spawn(server::serve_tls(
-            listener,
-            relay.clone(),
-            https_config,
-            tls_config,
-            until_stopped(),
-        ));
-        watcher = Some(tokio::spawn(certs.watch()));
     }
-
-    let listener = server::bind(args.host, args.http_port)
-        .with_context(|| format!("cannot listen on port {}", args.http_port))?;
-    tracing::info!(
-        address = %listener.local_addr()?,
-        version = env!("CARGO_PKG_VERSION"),
-        "Tubes is serving HTTP"
-    );
-    servers.spawn(server::serve(listener, relay, config, until_stopped()));
-
-    tokio::select! {
-        () = shutdown_signal() => {}
-        Some(ended) = servers.join_next() => {
-            // A listener stopped on its own: that is an error.
-            ended??;
-        }
+    if !args.path.starts_with('/') {
+        anyhow::bail!("the path must start with /");
     }
-    let _ = stop.send(true);
-    if let Some(watcher) = watcher {
-        watcher.abort();
-    }
-    while let Some(ended) = servers.join_next().await {
-        ended??;
-    }
-    Ok(())
-}
-
-/// Where the HTTPS certificate comes from, if HTTPS is on.
-fn tls_source(args: &ServeArgs) -> anyhow::Result<Option<tls::Source>> {
-    match (&args.crt_path, &args.key_path, args.self_signed) {
-        (_, _, true) => Ok(Some(tls::Source::SelfSigned)),
-        (Some(cert), Some(key), false) => Ok(args.enable_https.then(|| tls::Source::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        })),
-        _ if args.enable_https => {
-            anyhow::bail!("--enable-https needs --crt-path and --key-path (or --self-signed)")
-        }
-        _ => Ok(None),
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
+    let allow = auth::parse_action(&args.allow).context("--allow is send, receive or both")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    let exp = (now + *args.ttl).as_secs();
+    let query = auth::sign(&auth::signing_key(&key), &args.path, allow, exp);
+    let base = args.server.as_deref().unwrap_or("").trim_end_matches('/');
+    Ok(format!("{base}{}?{query}", args.path))
 }

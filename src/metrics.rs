@@ -45,6 +45,7 @@ pub enum Rejection {
     TooManyPaths,
     TooLarge,
     WaitTimeout,
+    ShuttingDown,
 }
 
 impl Rejection {
@@ -59,6 +60,7 @@ impl Rejection {
             Rejection::TooManyPaths => "too_many_paths",
             Rejection::TooLarge => "too_large",
             Rejection::WaitTimeout => "wait_timeout",
+            Rejection::ShuttingDown => "shutting_down",
         }
     }
 }

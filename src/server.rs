@@ -16,11 +16,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::metrics::Rejection;
+use crate::policy::Gate;
 use crate::relay::Relay;
 use crate::transport::http::Handler;
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the HTTP transport's connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// How long a client may take to send a request head.
     pub header_read_timeout: Duration,
@@ -28,6 +31,13 @@ pub struct ServeConfig {
     pub tls_handshake_timeout: Duration,
     /// An `Alt-Svc` value for every response (to advertise HTTP/3).
     pub alt_svc: Option<String>,
+    /// Bytes of an HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// After shutdown, how long open connections may finish what they
+    /// are doing before they are cut (their transfers then abort).
+    pub grace: Duration,
+    /// Auth, limits and metrics shared with the other listeners.
+    pub gate: Arc<Gate>,
 }
 
 impl Default for ServeConfig {
@@ -36,6 +46,9 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             alt_svc: None,
+            max_header_bytes: 16 * 1024,
+            grace: Duration::ZERO,
+            gate: Arc::default(),
         }
     }
 }
@@ -143,6 +156,7 @@ impl Builders {
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_frame_size(1 << 16)
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
             .max_send_buf_size(1 << 20)
             // WebSocket over HTTP/2 (RFC 8441).
             .enable_connect_protocol();
@@ -156,7 +170,7 @@ impl Builders {
 
     /// Serves one cleartext connection: HTTP/2 if it opens with the
     /// HTTP/2 preface, HTTP/1 otherwise.
-    async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler) {
+    async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler, drain: CancellationToken) {
         let h2 = match tokio::time::timeout(self.header_read_timeout, starts_h2(&stream)).await {
             Ok(Ok(h2)) => h2,
             Ok(Err(error)) => {
@@ -168,7 +182,8 @@ impl Builders {
                 return;
             }
         };
-        self.serve_io(TokioIo::new(stream), h2, handler).await;
+        self.serve_io(TokioIo::new(stream), h2, handler, drain)
+            .await;
     }
 
     /// Serves one TLS connection: the handshake (bounded in time, in the
@@ -179,6 +194,7 @@ impl Builders {
         stream: TcpStream,
         acceptor: tokio_rustls::TlsAcceptor,
         handler: Handler,
+        drain: CancellationToken,
     ) {
         // rustls reads at most 4 KiB per call; a buffer in front of the
         // socket turns that into one system call per 64 KiB on uploads.
@@ -199,11 +215,18 @@ impl Builders {
             };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(crate::transport::tls::ALPN_H2);
         // The TLS connection is boxed for the same reason as HTTP/2 is.
-        Box::pin(self.serve_io(TokioIo::new(stream), h2, handler)).await;
+        Box::pin(self.serve_io(TokioIo::new(stream), h2, handler, drain)).await;
     }
 
-    async fn serve_io<I>(&self, io: TokioIo<I>, h2: bool, handler: Handler)
-    where
+    /// Serves the connection until it ends; when `drain` fires, an HTTP/2
+    /// connection says GOAWAY and finishes its streams in flight.
+    async fn serve_io<I>(
+        &self,
+        io: TokioIo<I>,
+        h2: bool,
+        handler: Handler,
+        drain: CancellationToken,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(move |req| handler.handle(req));
@@ -211,8 +234,19 @@ impl Builders {
         // would size every connection's task, and most connections, the
         // waiting ones above all, are HTTP/1.
         let result = if h2 {
-            Box::pin(self.http2.serve_connection(io, service)).await
+            let mut conn = Box::pin(self.http2.serve_connection(io, service));
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         } else {
+            // No graceful shutdown for HTTP/1: hyper would close a
+            // connection whose request waits for its response. Draining
+            // answers those requests instead (see `accept_loop`).
+            let _ = &drain;
             self.http1
                 .serve_connection(io, service)
                 .with_upgrades()
@@ -275,10 +309,12 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let mut handler = Handler::new(relay, tls.is_some());
+    let gate = Arc::clone(&config.gate);
+    let mut handler = Handler::new(relay, tls.is_some()).with_gate(Arc::clone(&gate));
     if let Some(alt_svc) = &config.alt_svc {
         handler = handler.with_alt_svc(alt_svc);
     }
+    let drain = CancellationToken::new();
     // Shared, not cloned per connection: each waiting connection's task
     // stays small.
     let builders = Arc::new(Builders::new(config));
@@ -298,25 +334,63 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = gate.connect(peer.ip()) else {
+            gate.metrics.rejected(Rejection::TooManyConnections);
+            tracing::debug!(%peer, "too many connections from this address");
+            if tls.is_none() {
+                // Best effort, without waiting: the socket is new and empty.
+                let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            }
+            continue;
+        };
         // Small writes (a log line, one typed byte) go out at once, and
         // HTTP/2 window updates are not held back by Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        let handler = handler.for_peer(peer.ip());
         let builders = Arc::clone(&builders);
         let span = tracing::debug_span!("conn", %peer);
+        let drain = drain.clone();
         match &tls {
-            None => connections.spawn(builders.serve(stream, handler).instrument(span)),
-            Some(acceptor) => connections.spawn(
-                builders
-                    .serve_tls(stream, acceptor.clone(), handler)
-                    .instrument(span),
+            None => connections.spawn(
+                async move {
+                    builders.serve(stream, handler, drain).await;
+                    drop(slot);
+                }
+                .instrument(span),
             ),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(
+                    async move {
+                        builders.serve_tls(stream, acceptor, handler, drain).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                )
+            }
         };
     }
-    tracing::info!(open = connections.len(), "shutting down");
+    // Stop accepting; let connections finish what they are doing, up to
+    // the grace period; then cut the rest (their transfers abort).
+    drop(listener);
+    drain.cancel();
+    tracing::info!(open = connections.len(), grace = ?config.grace, "draining");
+    let finished = tokio::time::timeout(config.grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "grace period over; aborting the rest"
+        );
+    }
     connections.shutdown().await;
     Ok(())
 }
+
+/// The answer to a connection over the per-address limit.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 53\r\nConnection: close\r\n\r\n[ERROR] Too many open connections from your address.\n";
 
 #[cfg(test)]
 mod tests {
@@ -332,7 +406,7 @@ mod tests {
             .expect("connect");
         let builders = Arc::new(Builders::new(&ServeConfig::default()));
         let handler = Handler::new(Relay::default(), false);
-        let task = builders.serve(client, handler);
+        let task = builders.serve(client, handler, CancellationToken::new());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "a connection's future takes {size} bytes");
     }

@@ -104,7 +104,7 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
     /// Paths with peers waiting at once; more are refused with 503.
-    pub max_waiting: usize,
+    pub max_paths: usize,
     /// Open connections per client address (0: no limit).
     pub connections_per_ip: usize,
     /// New requests per second per client address, refilled steadily
@@ -127,7 +127,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             wait_timeout: Duration::from_secs(24 * 3600),
-            max_waiting: 100_000,
+            max_paths: 100_000,
             connections_per_ip: 0,
             requests_per_second: 0,
             request_burst: 100,

@@ -32,7 +32,7 @@ pub(super) struct SenderTask {
     pub n: Count,
     pub head: Head,
     pub body: ByteStream,
-    pub start: oneshot::Receiver<Vec<WaitingReceiver>>,
+    pub start: oneshot::Receiver<Option<Vec<WaitingReceiver>>>,
     pub log: mpsc::UnboundedSender<Log>,
     pub queue_chunks: usize,
     pub read_ahead: usize,
@@ -81,7 +81,11 @@ pub(super) async fn run_sender(task: SenderTask) {
         tokio::select! {
             biased;
             started = &mut start => match started {
-                Ok(receivers) => break receivers,
+                Ok(Some(receivers)) => break receivers,
+                Ok(None) => {
+                    say(Log::ShuttingDown);
+                    return;
+                }
                 // Unregistered: the sender left.
                 Err(_) => return,
             },
@@ -127,7 +131,7 @@ pub(super) async fn run_sender(task: SenderTask) {
             head: head.clone(),
             body: stream,
         };
-        if receiver.deliver.send(delivery).is_ok() {
+        if receiver.deliver.send(Ok(delivery)).is_ok() {
             outs.push(Out { queue, done });
         } else {
             say(Log::ReceiverAborted);

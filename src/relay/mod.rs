@@ -28,7 +28,7 @@ pub mod room;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -118,6 +118,41 @@ struct Shared {
     /// Signaling rooms (see [`room`]).
     rooms: room::Rooms,
     totals: Totals,
+    /// The limits of the config, changeable while running.
+    limits: Limits,
+}
+
+/// [`RelayConfig`]'s limits, which [`Relay::set_limits`] changes for
+/// peers that come from then on.
+#[derive(Debug, Default)]
+struct Limits {
+    /// Milliseconds; 0: no limit.
+    wait_timeout_ms: AtomicU64,
+    max_paths: AtomicUsize,
+    max_transfer_bytes: AtomicU64,
+}
+
+impl Limits {
+    fn set(&self, config: &RelayConfig) {
+        let ms = config.wait_timeout.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.wait_timeout_ms.store(ms, Ordering::Relaxed);
+        self.max_paths.store(config.max_paths, Ordering::Relaxed);
+        self.max_transfer_bytes
+            .store(config.max_transfer_bytes, Ordering::Relaxed);
+    }
+
+    fn wait_timeout(&self) -> Option<Duration> {
+        match self.wait_timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    fn max_transfer_bytes(&self) -> u64 {
+        self.max_transfer_bytes.load(Ordering::Relaxed)
+    }
 }
 
 enum Slot {
@@ -136,12 +171,13 @@ struct Waiting {
 struct WaitingSender {
     id: u64,
     log: mpsc::UnboundedSender<Log>,
-    start: oneshot::Sender<Vec<WaitingReceiver>>,
+    /// `None`: the server is shutting down; no transfer.
+    start: oneshot::Sender<Option<Vec<WaitingReceiver>>>,
 }
 
 struct WaitingReceiver {
     id: u64,
-    deliver: oneshot::Sender<Delivery>,
+    deliver: oneshot::Sender<Result<Delivery, Undelivered>>,
 }
 
 /// What a receiver gets when its transfer starts.
@@ -172,12 +208,30 @@ pub struct Stats {
 
 impl Relay {
     pub fn new(config: RelayConfig) -> Self {
+        let shared = Shared {
+            config,
+            ..Shared::default()
+        };
+        shared.limits.set(&shared.config);
         Relay {
-            shared: Arc::new(Shared {
-                config,
-                ..Shared::default()
-            }),
+            shared: Arc::new(shared),
         }
+    }
+
+    /// Changes the wait limit, the path cap and the byte limit for peers
+    /// that come from now on (a reload of the settings).
+    pub fn set_limits(
+        &self,
+        wait_timeout: Option<Duration>,
+        max_paths: usize,
+        max_transfer_bytes: u64,
+    ) {
+        self.shared.limits.set(&RelayConfig {
+            wait_timeout,
+            max_paths,
+            max_transfer_bytes,
+            ..RelayConfig::default()
+        });
     }
 
     /// Registers a sender of `n` receivers on `path`. On success the
@@ -190,7 +244,7 @@ impl Relay {
         head: Head,
         body: ByteStream,
     ) -> Result<SenderLog, Reject> {
-        let max = self.shared.config.max_transfer_bytes;
+        let max = self.shared.limits.max_transfer_bytes();
         if max > 0 && head.content_length.is_some_and(|length| length > max) {
             return Err(Reject::TooLarge(max));
         }
@@ -248,8 +302,8 @@ impl Relay {
             log: log_tx,
             queue_chunks: self.shared.config.queue_chunks,
             read_ahead: self.shared.config.read_ahead,
-            wait_timeout: self.shared.config.wait_timeout,
-            max_bytes: self.shared.config.max_transfer_bytes,
+            wait_timeout: self.shared.limits.wait_timeout(),
+            max_bytes: self.shared.limits.max_transfer_bytes(),
         });
         if let Some(start) = ready {
             start.go();
@@ -304,7 +358,7 @@ impl Relay {
         }
         Ok(ReceiverTicket {
             delivery,
-            wait_timeout: self.shared.config.wait_timeout,
+            wait_timeout: self.shared.limits.wait_timeout(),
             _guard: PeerGuard::new(&self.shared, path, id, false),
         })
     }
@@ -330,6 +384,37 @@ impl Relay {
                 return (self.stats(), false);
             }
         }
+    }
+
+    /// Turns every waiting peer away (the server is shutting down):
+    /// waiting receivers get [`Undelivered::ShuttingDown`], waiting
+    /// senders a last log line. Running transfers go on. Returns how many
+    /// peers were turned away.
+    pub fn turn_away_waiting(&self) -> usize {
+        let mut turned = Vec::new();
+        {
+            let mut paths = self.shared.lock();
+            for slot in paths.values_mut() {
+                if let Slot::Waiting(w) = slot {
+                    turned.extend(w.sender.take().map(|s| Err(s.start)));
+                    turned.extend(w.receivers.drain(..).map(|r| Ok(r.deliver)));
+                }
+            }
+        }
+        let count = turned.len();
+        // Outside the lock: each peer's guard unregisters it.
+        for peer in turned {
+            match peer {
+                Ok(deliver) => {
+                    let _ = deliver.send(Err(Undelivered::ShuttingDown));
+                }
+                Err(start) => {
+                    let _ = start.send(None);
+                }
+            }
+        }
+        self.shared.changed.notify_waiters();
+        count
     }
 
     /// Totals since the relay started.
@@ -374,7 +459,7 @@ impl Relay {
 
 /// A rendezvous that just completed: the sender's transfer is told to start.
 struct Start {
-    sender: oneshot::Sender<Vec<WaitingReceiver>>,
+    sender: oneshot::Sender<Option<Vec<WaitingReceiver>>>,
     receivers: Vec<WaitingReceiver>,
 }
 
@@ -382,7 +467,7 @@ impl Start {
     fn go(self) {
         // If the sender's transfer is gone, dropping the receivers' delivery
         // channels tells them so, and the transfer's guard frees the path.
-        let _ = self.sender.send(self.receivers);
+        let _ = self.sender.send(Some(self.receivers));
     }
 }
 
@@ -410,7 +495,7 @@ impl Shared {
 
     /// Refuses a new path when the registry holds as many as allowed.
     fn check_room_for_a_path(&self, in_use: usize) -> Result<(), Reject> {
-        let max = self.config.max_paths;
+        let max = self.limits.max_paths.load(Ordering::Relaxed);
         if max > 0 && in_use >= max {
             Err(Reject::TooManyPaths)
         } else {
@@ -508,7 +593,7 @@ impl Stream for SenderLog {
 
 /// A waiting receiver. Dropping it (its client left) unregisters it.
 pub struct ReceiverTicket {
-    delivery: oneshot::Receiver<Delivery>,
+    delivery: oneshot::Receiver<Result<Delivery, Undelivered>>,
     wait_timeout: Option<Duration>,
     _guard: PeerGuard,
 }
@@ -522,6 +607,9 @@ pub enum Undelivered {
     /// Not in the Piping spec: nobody came within the wait limit.
     #[error("[ERROR] No sender came within {}.\n", humantime::format_duration(*.0))]
     TimedOut(Duration),
+    /// Not in the Piping spec: the server stops; try another time.
+    #[error("[ERROR] The server is shutting down; try again.\n")]
+    ShuttingDown,
 }
 
 impl ReceiverTicket {
@@ -534,10 +622,10 @@ impl ReceiverTicket {
         } = self;
         match wait_timeout {
             Some(limit) => match tokio::time::timeout(limit, delivery).await {
-                Ok(delivered) => delivered.map_err(|_| Undelivered::SenderLeft),
+                Ok(delivered) => delivered.unwrap_or(Err(Undelivered::SenderLeft)),
                 Err(_) => Err(Undelivered::TimedOut(limit)),
             },
-            None => delivery.await.map_err(|_| Undelivered::SenderLeft),
+            None => delivery.await.unwrap_or(Err(Undelivered::SenderLeft)),
         }
     }
 }

@@ -135,6 +135,8 @@ pub enum Log {
     WaitTimedOut(std::time::Duration),
     /// Not in the Piping spec: the body went over the bytes limit.
     TooLarge(u64),
+    /// Not in the Piping spec: the server stops before a receiver came.
+    ShuttingDown,
 }
 
 impl fmt::Display for Log {
@@ -158,6 +160,9 @@ impl fmt::Display for Log {
                 "[ERROR] No receiver came within {}.",
                 humantime::format_duration(*after)
             ),
+            Log::ShuttingDown => {
+                writeln!(f, "[ERROR] The server is shutting down; try again.")
+            }
             Log::TooLarge(max) => writeln!(
                 f,
                 "[ERROR] A transfer may carry at most {max} bytes on this server; every receiver was aborted."

@@ -101,6 +101,9 @@ impl Refusal {
                 StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Undelivered(relay::Undelivered::ShuttingDown) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Undelivered(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -115,6 +118,7 @@ impl Refusal {
             Refusal::Denied(Denied::Forbidden(..)) => Rejection::Forbidden,
             Refusal::Denied(_) => Rejection::Unauthorized,
             Refusal::RateLimited(_) => Rejection::RateLimited,
+            Refusal::Undelivered(relay::Undelivered::ShuttingDown) => Rejection::ShuttingDown,
             Refusal::Undelivered(_) => Rejection::WaitTimeout,
             _ => Rejection::BadRequest,
         }
@@ -182,6 +186,12 @@ impl Handler {
                 error_response(&refusal)
             });
             *response.version_mut() = version;
+            if gate.metrics.draining() && version <= Version::HTTP_11 {
+                // Shutting down: no next request on this connection.
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if let Some(alt_svc) = alt_svc {
                 response
                     .headers_mut()
@@ -217,12 +227,15 @@ impl Handler {
             let client = policy.client_ip(peer, forwarded);
             policy.check_rate(client).map_err(Refusal::RateLimited)?;
         }
-        if policy.auth.is_none() {
-            return Ok(());
-        }
         let Some(action) = action_of(req) else {
             return Ok(());
         };
+        if self.gate.metrics.draining() {
+            return Err(relay::Undelivered::ShuttingDown.into());
+        }
+        if policy.auth.is_none() {
+            return Ok(());
+        }
         let query = req.uri().query().unwrap_or("");
         let params: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
             form_urlencoded::parse(query.as_bytes()).collect();
@@ -326,12 +339,10 @@ impl Handler {
                     Route::Later(Box::pin(async move {
                         let wait = metrics.waiting_receiver();
                         let delivery = match ticket.ready().await {
-                            Err(relay::Undelivered::TimedOut(after)) => {
-                                return Err(Refusal::Undelivered(relay::Undelivered::TimedOut(
-                                    after,
-                                )))
-                            }
-                            delivered => delivered.ok(),
+                            Ok(delivery) => Some(delivery),
+                            // Cut between the rendezvous and the start.
+                            Err(relay::Undelivered::SenderLeft) => None,
+                            Err(other) => return Err(other.into()),
                         };
                         wait.done();
                         Ok(match events {

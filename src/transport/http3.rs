@@ -90,7 +90,8 @@ pub async fn serve(
             },
         };
         let span = tracing::debug_span!("h3", peer = %incoming.remote_address());
-        connections.spawn(connection(incoming, handler.clone()).instrument(span));
+        let handler = handler.for_peer(incoming.remote_address().ip());
+        connections.spawn(connection(incoming, handler).instrument(span));
     }
     tracing::info!(open = connections.len(), "HTTP/3 shutting down");
     endpoint.close(

@@ -323,6 +323,10 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
             closing(&mut socket, CloseCode::Again, "no sender came in time").await;
             return;
         }
+        Err(crate::relay::Undelivered::ShuttingDown) => {
+            closing(&mut socket, CloseCode::Away, "the server is shutting down").await;
+            return;
+        }
         Err(crate::relay::Undelivered::SenderLeft) => {
             closing(&mut socket, CloseCode::Error, "aborted").await;
             return;
