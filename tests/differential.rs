@@ -43,6 +43,10 @@
 //!    only does so for the lowercase spelling with no space before `;`, so
 //!    it forwards `TEXT/HTML` or `text/html ;charset=...`, which browsers
 //!    render as a page (media types are case-insensitive, RFC 9110 8.3.1).
+//! 4. `no-buffering-headers`: Tubes adds `Cache-Control: no-store` and
+//!    `X-Accel-Buffering: no` to every response of a sender, a receiver
+//!    or a rejection, so buffering proxies (nginx) pass streams on as they
+//!    come and nothing relayed is cached; the reference sends neither.
 //! 4. Reserved pages `/`, `/noscript`, `/help`, `/version`: their contents
 //!    are each server's own (web UI, version, this server's URL, a CSP
 //!    nonce), so only the status, `Content-Type` and
@@ -883,7 +887,27 @@ const DIFFERENCES: &[Difference] = &[
         why: "spec 6 Decision (security): the media type text/html, in any case, is served as text/plain",
         rewrite: html_media_type_any_case,
     },
+    Difference {
+        name: "no-buffering-headers",
+        why: "proxies must pass streams on as they come and never cache them (issue 9): Cache-Control: no-store and X-Accel-Buffering: no on senders', receivers' and rejections' responses",
+        rewrite: no_buffering_headers,
+    },
 ];
+
+fn no_buffering_headers(seen: &mut Seen) -> bool {
+    // (204 and 404 are /favicon.ico and /robots.txt, reserved pages.)
+    if seen.role == Role::Page
+        || matches!(seen.status, 204 | 404)
+        || seen.method == "OPTIONS"
+        || seen.header("cache-control").is_some()
+        || seen.header("x-accel-buffering").is_some()
+    {
+        return false;
+    }
+    seen.set_header("cache-control", "no-store".to_string());
+    seen.set_header("x-accel-buffering", "no".to_string());
+    true
+}
 
 fn receiver_invalid_n_message(seen: &mut Seen) -> bool {
     let reference = show_body(b"[ERROR] Invalid query parameter \"n\"\n");
