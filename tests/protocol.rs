@@ -445,6 +445,10 @@ async fn forwarded_headers(proto: Proto) {
         "access-control-allow-origin",
         "access-control-expose-headers",
         "x-robots-tag",
+        // Not forwarded from the sender: the server's own request to
+        // proxies not to buffer or cache the stream (issue 9).
+        "cache-control",
+        "x-accel-buffering",
         "date",
         "connection",
         "transfer-encoding",
