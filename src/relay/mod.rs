@@ -21,6 +21,7 @@
 
 mod fanout;
 pub mod live;
+pub mod names;
 pub mod pair;
 pub mod protocol;
 pub mod room;
@@ -55,6 +56,8 @@ pub struct RelayConfig {
     /// Bytes of a waiting sender's body read ahead so that the relay sees
     /// the sender leave (a connection is only seen closing when read).
     pub read_ahead: usize,
+    /// Limits and timings of registered names (see [`names`]).
+    pub names: names::NamesConfig,
 }
 
 impl Default for RelayConfig {
@@ -62,6 +65,7 @@ impl Default for RelayConfig {
         RelayConfig {
             queue_chunks: 4,
             read_ahead: 64 * 1024,
+            names: names::NamesConfig::default(),
         }
     }
 }
@@ -85,6 +89,8 @@ struct Shared {
     lives: live::Lives,
     /// Signaling rooms (see [`room`]).
     rooms: room::Rooms,
+    /// Registered names (see [`names`]).
+    names: names::Names,
 }
 
 enum Slot {
@@ -135,6 +141,11 @@ pub struct Stats {
     /// Signaling rooms, and their members.
     pub rooms: usize,
     pub room_members: usize,
+    /// Registered names, those whose host is connected, and their
+    /// channels (asked for or open).
+    pub names: usize,
+    pub names_held: usize,
+    pub name_channels: usize,
 }
 
 impl Relay {
@@ -310,6 +321,7 @@ impl Relay {
         (stats.pairs_waiting, stats.pairs_joined) = self.shared.pairs.counts();
         (stats.live_paths, stats.live_receivers) = self.shared.lives.counts();
         (stats.rooms, stats.room_members) = self.shared.rooms.counts();
+        (stats.names, stats.names_held, stats.name_channels) = self.shared.names.counts();
         stats
     }
 }

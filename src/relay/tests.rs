@@ -164,6 +164,7 @@ async fn a_slow_receiver_holds_the_sender_back_with_bounded_memory() {
     let relay = Relay::new(RelayConfig {
         queue_chunks: 2,
         read_ahead: 0,
+        ..RelayConfig::default()
     });
     let (tx, b) = body();
     let _log = tokio::spawn(lines(relay.send("/p", 1, head(), b).expect("sender")));
