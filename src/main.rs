@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tubes::client::config::{ConnectOptions, Connection, HttpVersion};
+use tubes::client::expose::{self, ExposeOptions};
 use tubes::client::recv::{self, RecvOptions};
 use tubes::client::send::{self, SendOptions};
 use tubes::client::tunnel;
@@ -42,6 +43,32 @@ enum Command {
     /// Carry TCP connections through the relay (SSH, VNC, databases...).
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Make local servers reachable through the relay by a name, from a
+    /// host behind NAT (HTTP at /-/host/NAME/, TCP with `tubes tunnel
+    /// client --exposed NAME`).
+    Expose(ExposeArgs),
+}
+
+#[derive(clap::Args)]
+struct ExposeArgs {
+    /// Port of a local HTTP server, proxied by the relay
+    #[arg(required_unless_present = "tcp")]
+    port: Option<u16>,
+    /// Port of a local TCP service carried raw (repeatable), reached with
+    /// `tubes tunnel client --exposed NAME`
+    #[arg(long, value_name = "PORT")]
+    tcp: Vec<u16>,
+    /// Host of the local services
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// The name to register [default: a random one, printed]
+    #[arg(long)]
+    name: Option<String>,
+    /// The secret that holds the name [default: made by the relay, printed]
+    #[arg(long, env = "TUBES_EXPOSE_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +99,13 @@ enum TunnelCommand {
         /// makes (needs --mux)
         #[arg(long, requires = "mux")]
         socks: bool,
+        /// PATH is the name of a host registered with `tubes expose`: each
+        /// connection gets a channel of its own to it
+        #[arg(long, conflicts_with_all = ["mux", "socks"])]
+        exposed: bool,
+        /// The exposed host's service, e.g. tcp/5432 [default: its first]
+        #[arg(long, requires = "exposed")]
+        service: Option<String>,
         #[command(flatten)]
         tunnel: TunnelArgs,
     },
@@ -224,13 +258,20 @@ struct ServeArgs {
     /// stream with the least CPU; more serve more streams at once.
     #[arg(long, env = "TUBES_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// Route NAME.DOMAIN to the host registered as NAME (`tubes expose`);
+    /// needs a wildcard DNS record (and certificate) for *.DOMAIN
+    #[arg(long, env = "TUBES_EXPOSE_DOMAIN", value_name = "DOMAIN")]
+    expose_domain: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The platform verifier logs every refused certificate as an error;
     // the client reports it once, in its own words.
-    let quiet_default = if matches!(cli.command, Command::Serve(_) | Command::Tunnel(_)) {
+    let quiet_default = if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Tunnel(_) | Command::Expose(_)
+    ) {
         "info,rustls_platform_verifier=off"
     } else {
         "warn,rustls_platform_verifier=off"
@@ -275,7 +316,19 @@ fn main() -> std::process::ExitCode {
             };
             run_client(args.connect.options(), |conn| recv::recv(conn, options))
         }
+        Command::Expose(args) => {
+            let options = ExposeOptions {
+                http_port: args.port,
+                tcp_ports: args.tcp,
+                host: args.host,
+                name: args.name,
+                secret: args.secret,
+                quiet: args.connect.quiet,
+            };
+            run_client(args.connect.options(), |conn| expose::run(conn, options))
+        }
         Command::Tunnel(command) => {
+            let (mut exposed, mut service) = (false, None);
             let (role, args) = match command {
                 TunnelCommand::Server { port, host, tunnel } => {
                     (tunnel::Role::Server { host, port }, tunnel)
@@ -285,16 +338,21 @@ fn main() -> std::process::ExitCode {
                     host,
                     stdio,
                     socks,
+                    exposed: to_name,
+                    service: to_service,
                     tunnel,
-                } => (
-                    tunnel::Role::Client {
-                        bind: host,
-                        port,
-                        stdio,
-                        socks,
-                    },
-                    tunnel,
-                ),
+                } => {
+                    (exposed, service) = (to_name, to_service);
+                    (
+                        tunnel::Role::Client {
+                            bind: host,
+                            port,
+                            stdio,
+                            socks,
+                        },
+                        tunnel,
+                    )
+                }
                 TunnelCommand::Socks { tunnel } => (tunnel::Role::Socks, tunnel),
             };
             let mux = args.mux || matches!(role, tunnel::Role::Socks);
@@ -306,6 +364,8 @@ fn main() -> std::process::ExitCode {
                 mux,
                 pass: args.pass,
                 encrypt: args.encrypt,
+                exposed,
+                service,
             };
             run_client(args.connect.options(), |conn| {
                 tunnel::run(conn, options, quiet)
@@ -360,7 +420,9 @@ fn runtime(threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = tls_source(&args)?;
-    let relay = Relay::new(RelayConfig::default());
+    let mut relay_config = RelayConfig::default();
+    relay_config.names.domain = args.expose_domain.clone();
+    let relay = Relay::new(relay_config);
     let config = ServeConfig::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {

@@ -257,6 +257,8 @@ pub struct Registration {
     /// Whether the name was held already (a reconnection, or a replaced
     /// control connection) rather than new.
     pub resumed: bool,
+    /// The services offered, the default first.
+    pub services: Vec<String>,
     /// One notice per channel asked for. Ends when another control
     /// connection with the same secret takes over.
     pub notices: mpsc::UnboundedReceiver<OpenNotice>,
@@ -457,7 +459,7 @@ impl Relay {
                     notices,
                 });
                 entry.released = None;
-                entry.services = services;
+                entry.services = services.clone();
                 (wanted.unwrap_or_default(), entry.id, true)
             }
             None => {
@@ -499,7 +501,7 @@ impl Relay {
                     Entry {
                         id: entry_id,
                         digest,
-                        services,
+                        services: services.clone(),
                         holder: Some(Holder {
                             id: holder_id,
                             notices,
@@ -524,6 +526,7 @@ impl Relay {
             name,
             generated_secret,
             resumed,
+            services,
             notices: rx,
         })
     }
@@ -636,11 +639,17 @@ impl Relay {
 
 /// One end of a channel as a byte stream: reads take the other side's
 /// messages' bytes (text or binary alike), writes become binary messages
-/// of at most 64 KiB, shutting down ends the channel.
+/// of at most 64 KiB. An empty message ends a direction: shutting down
+/// sends one, and one received reads as the end, as the clients' channels
+/// do (so half-closed connections work). Dropping it closes the channel.
 pub struct ChannelIo {
     rx: mpsc::Receiver<Message>,
     tx: tokio_util::sync::PollSender<Message>,
     pending: Bytes,
+    /// The other side ended its direction.
+    ended: bool,
+    /// This side sent its end.
+    shut: bool,
     _joined: Arc<dyn Send + Sync>,
 }
 
@@ -650,6 +659,8 @@ impl ChannelIo {
             rx: end.rx,
             tx: tokio_util::sync::PollSender::new(end.tx),
             pending: Bytes::new(),
+            ended: false,
+            shut: false,
             _joined: end._joined,
         }
     }
@@ -665,10 +676,17 @@ impl AsyncRead for ChannelIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        while self.pending.is_empty() {
+        if self.pending.is_empty() {
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
             match ready!(self.rx.poll_recv(cx)) {
-                Some(message) => self.pending = message.data,
-                None => return Poll::Ready(Ok(())), // the end
+                Some(message) if !message.data.is_empty() => self.pending = message.data,
+                // An empty message or a closed channel: the end.
+                _ => {
+                    self.ended = true;
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
         let n = self.pending.len().min(buf.remaining());
@@ -687,6 +705,9 @@ impl AsyncWrite for ChannelIo {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if self.shut {
+            return Poll::Ready(Err(broken()));
+        }
         ready!(self.tx.poll_reserve(cx)).map_err(|_| broken())?;
         let n = buf.len().min(IO_CHUNK);
         let message = Message {
@@ -701,8 +722,19 @@ impl AsyncWrite for ChannelIo {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tx.close();
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.shut {
+            return Poll::Ready(Ok(()));
+        }
+        // The other side may be gone already: then there is nothing to end.
+        if ready!(self.tx.poll_reserve(cx)).is_ok() {
+            let end = Message {
+                text: false,
+                data: Bytes::new(),
+            };
+            let _ = self.tx.send_item(end);
+        }
+        self.shut = true;
         Poll::Ready(Ok(()))
     }
 }

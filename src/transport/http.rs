@@ -18,7 +18,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
 use super::body::{self, Body};
-use super::{pages, sse, websocket};
+use super::{expose, pages, sse, websocket};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
 
 const X_PIPING: HeaderName = HeaderName::from_static("x-piping");
@@ -60,6 +60,8 @@ enum Refusal {
     RoomView,
     #[error("[ERROR] A room message is at most 64 KiB.\n")]
     RoomMessageTooLarge,
+    #[error("{0}")]
+    Expose(#[from] expose::ExposeRefusal),
 }
 
 /// The largest message posted to a room over HTTP.
@@ -69,6 +71,7 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Expose(e) => e.status(),
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -133,6 +136,13 @@ impl Handler {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        // Names (`/-/...` and their sub-domains) come first.
+        let req = match expose::intercept(&self.relay, req, self.tls) {
+            expose::Intercepted::Taken(reply) => {
+                return Route::Later(Box::pin(async move { Ok(reply.await?) }))
+            }
+            expose::Intercepted::Passed(req) => req,
+        };
         if websocket::is_websocket(&req) {
             if pages::Reserved::from_path(req.uri().path()).is_some() {
                 return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
