@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tubes::client::config::{ConnectOptions, Connection, HttpVersion};
+use tubes::client::expose::{self, ExposeOptions};
 use tubes::client::recv::{self, RecvOptions};
 use tubes::client::send::{self, SendOptions};
 use tubes::client::tunnel;
@@ -41,6 +42,32 @@ enum Command {
     Tunnel(TunnelCommand),
     /// Make a signed, expiring URL for a path of a server with auth.
     Sign(SignArgs),
+    /// Make local servers reachable through the relay by a name, from a
+    /// host behind NAT (HTTP at /-/host/NAME/, TCP with `tubes tunnel
+    /// client --exposed NAME`).
+    Expose(ExposeArgs),
+}
+
+#[derive(clap::Args)]
+struct ExposeArgs {
+    /// Port of a local HTTP server, proxied by the relay
+    #[arg(required_unless_present = "tcp")]
+    port: Option<u16>,
+    /// Port of a local TCP service carried raw (repeatable), reached with
+    /// `tubes tunnel client --exposed NAME`
+    #[arg(long, value_name = "PORT")]
+    tcp: Vec<u16>,
+    /// Host of the local services
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// The name to register [default: a random one, printed]
+    #[arg(long)]
+    name: Option<String>,
+    /// The secret that holds the name [default: made by the relay, printed]
+    #[arg(long, env = "TUBES_EXPOSE_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +98,13 @@ enum TunnelCommand {
         /// makes (needs --mux)
         #[arg(long, requires = "mux")]
         socks: bool,
+        /// PATH is the name of a host registered with `tubes expose`: each
+        /// connection gets a channel of its own to it
+        #[arg(long, conflicts_with_all = ["mux", "socks"])]
+        exposed: bool,
+        /// The exposed host's service, e.g. tcp/5432 [default: its first]
+        #[arg(long, requires = "exposed")]
+        service: Option<String>,
         #[command(flatten)]
         tunnel: TunnelArgs,
     },
@@ -235,6 +269,10 @@ struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "TUBES_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Route NAME.DOMAIN to the host registered as NAME (`tubes expose`);
+    /// needs a wildcard DNS record (and certificate) for *.DOMAIN
+    #[arg(long, env = "TUBES_EXPOSE_DOMAIN", value_name = "DOMAIN")]
+    expose_domain: Option<String>,
 }
 
 impl ServeArgs {
@@ -273,6 +311,9 @@ impl ServeArgs {
         }
         if let Some(format) = self.log_format {
             settings.log.format = format;
+        }
+        if self.expose_domain.is_some() {
+            settings.expose.domain.clone_from(&self.expose_domain);
         }
         Ok(settings)
     }
@@ -313,7 +354,10 @@ fn main() -> std::process::ExitCode {
     };
     // The platform verifier logs every refused certificate as an error;
     // the client reports it once, in its own words.
-    let quiet_default = if matches!(cli.command, Command::Serve(_) | Command::Tunnel(_)) {
+    let quiet_default = if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Tunnel(_) | Command::Expose(_)
+    ) {
         "info,rustls_platform_verifier=off"
     } else {
         "warn,rustls_platform_verifier=off"
@@ -380,7 +424,19 @@ fn main() -> std::process::ExitCode {
             };
             run_client(args.connect.options(), |conn| recv::recv(conn, options))
         }
+        Command::Expose(args) => {
+            let options = ExposeOptions {
+                http_port: args.port,
+                tcp_ports: args.tcp,
+                host: args.host,
+                name: args.name,
+                secret: args.secret,
+                quiet: args.connect.quiet,
+            };
+            run_client(args.connect.options(), |conn| expose::run(conn, options))
+        }
         Command::Tunnel(command) => {
+            let (mut exposed, mut service) = (false, None);
             let (role, args) = match command {
                 TunnelCommand::Server { port, host, tunnel } => {
                     (tunnel::Role::Server { host, port }, tunnel)
@@ -390,16 +446,21 @@ fn main() -> std::process::ExitCode {
                     host,
                     stdio,
                     socks,
+                    exposed: to_name,
+                    service: to_service,
                     tunnel,
-                } => (
-                    tunnel::Role::Client {
-                        bind: host,
-                        port,
-                        stdio,
-                        socks,
-                    },
-                    tunnel,
-                ),
+                } => {
+                    (exposed, service) = (to_name, to_service);
+                    (
+                        tunnel::Role::Client {
+                            bind: host,
+                            port,
+                            stdio,
+                            socks,
+                        },
+                        tunnel,
+                    )
+                }
                 TunnelCommand::Socks { tunnel } => (tunnel::Role::Socks, tunnel),
             };
             let mux = args.mux || matches!(role, tunnel::Role::Socks);
@@ -411,6 +472,8 @@ fn main() -> std::process::ExitCode {
                 mux,
                 pass: args.pass,
                 encrypt: args.encrypt,
+                exposed,
+                service,
             };
             run_client(args.connect.options(), |conn| {
                 tunnel::run(conn, options, quiet)

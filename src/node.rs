@@ -151,10 +151,24 @@ pub async fn run(
 
 /// The relay core's settings from the server's.
 fn relay_config(settings: &Settings) -> RelayConfig {
+    let mut names = crate::relay::names::NamesConfig::default();
+    let expose = &settings.expose;
+    names.domain.clone_from(&expose.domain);
+    names.grace = expose.grace.unwrap_or(names.grace);
+    names.channel_idle = expose.channel_idle.unwrap_or(names.channel_idle);
+    names.control_idle = expose.control_idle.unwrap_or(names.control_idle);
+    names.max_names = expose.max_names.unwrap_or(names.max_names);
+    names.max_names_per_secret = expose
+        .max_names_per_secret
+        .unwrap_or(names.max_names_per_secret);
+    names.max_channels_per_name = expose
+        .max_channels_per_name
+        .unwrap_or(names.max_channels_per_name);
     RelayConfig {
         wait_timeout: Some(settings.limits.wait_timeout),
         max_paths: settings.limits.max_paths,
         max_transfer_bytes: settings.limits.max_transfer_bytes,
+        names,
         ..RelayConfig::default()
     }
 }

@@ -30,6 +30,27 @@ pub struct Settings {
     pub shutdown: Shutdown,
     /// Present (even empty): auth is on. Absent: the Piping protocol as is.
     pub auth: Option<AuthSettings>,
+    pub expose: Expose,
+}
+
+/// Hosts reached by name (`tubes expose`); unset keys keep the defaults
+/// of [`crate::relay::names::NamesConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Expose {
+    /// `NAME.domain` reaches the host registered as NAME.
+    pub domain: Option<String>,
+    /// How long a name stays reserved after its host's control
+    /// connection went away.
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub channel_idle: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub control_idle: Option<Duration>,
+    pub max_names: Option<usize>,
+    pub max_names_per_secret: Option<usize>,
+    pub max_channels_per_name: Option<usize>,
 }
 
 impl Default for Settings {
@@ -44,6 +65,7 @@ impl Default for Settings {
             limits: Limits::default(),
             shutdown: Shutdown::default(),
             auth: None,
+            expose: Expose::default(),
         }
     }
 }

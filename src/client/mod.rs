@@ -13,11 +13,14 @@
 //! - [`progress`]: the progress bar on stderr.
 //! - [`send`], [`recv`]: the two commands.
 //! - [`tunnel`]: `tubes tunnel`, TCP services through the relay.
+//! - [`expose`]: `tubes expose`, local services reachable by a name
+//!   through the relay; [`ws`]: the WebSockets it runs on.
 
 pub mod archive;
 pub mod code;
 pub mod config;
 pub mod e2e;
+pub mod expose;
 pub mod h3;
 pub mod http;
 pub mod meta;
@@ -26,6 +29,7 @@ pub mod progress;
 pub mod recv;
 pub mod send;
 pub mod tunnel;
+pub mod ws;
 
 use e2e::E2eError;
 

@@ -21,6 +21,7 @@
 
 mod fanout;
 pub mod live;
+pub mod names;
 pub mod pair;
 pub mod protocol;
 pub mod room;
@@ -62,6 +63,8 @@ pub struct RelayConfig {
     pub max_paths: usize,
     /// Bytes one transfer may carry; 0: no limit.
     pub max_transfer_bytes: u64,
+    /// Limits and timings of registered names (see [`names`]).
+    pub names: names::NamesConfig,
 }
 
 impl Default for RelayConfig {
@@ -72,6 +75,7 @@ impl Default for RelayConfig {
             wait_timeout: None,
             max_paths: 0,
             max_transfer_bytes: 0,
+            names: names::NamesConfig::default(),
         }
     }
 }
@@ -120,6 +124,8 @@ struct Shared {
     totals: Totals,
     /// The limits of the config, changeable while running.
     limits: Limits,
+    /// Registered names (see [`names`]).
+    names: names::Names,
 }
 
 /// [`RelayConfig`]'s limits, which [`Relay::set_limits`] changes for
@@ -204,6 +210,11 @@ pub struct Stats {
     /// Signaling rooms, and their members.
     pub rooms: usize,
     pub room_members: usize,
+    /// Registered names, those whose host is connected, and their
+    /// channels (asked for or open).
+    pub names: usize,
+    pub names_held: usize,
+    pub name_channels: usize,
 }
 
 impl Relay {
@@ -453,6 +464,7 @@ impl Relay {
         (stats.pairs_waiting, stats.pairs_joined) = self.shared.pairs.counts();
         (stats.live_paths, stats.live_receivers) = self.shared.lives.counts();
         (stats.rooms, stats.room_members) = self.shared.rooms.counts();
+        (stats.names, stats.names_held, stats.name_channels) = self.shared.names.counts();
         stats
     }
 }

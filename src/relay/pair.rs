@@ -36,7 +36,28 @@ pub struct Message {
 pub struct PairEnd {
     pub tx: mpsc::Sender<Message>,
     pub rx: mpsc::Receiver<Message>,
-    _joined: Arc<JoinedGuard>,
+    /// Whatever must live until both ends are gone (the joined mark of a
+    /// pair, the slot of a name's channel).
+    pub(super) _joined: Arc<dyn Send + Sync>,
+}
+
+impl PairEnd {
+    /// Two ends joined to each other, both holding `guard`.
+    pub(super) fn joined(guard: Arc<dyn Send + Sync>) -> (PairEnd, PairEnd) {
+        let (a_tx, b_rx) = mpsc::channel(PAIR_QUEUE);
+        let (b_tx, a_rx) = mpsc::channel(PAIR_QUEUE);
+        let a = PairEnd {
+            tx: a_tx,
+            rx: a_rx,
+            _joined: Arc::clone(&guard),
+        };
+        let b = PairEnd {
+            tx: b_tx,
+            rx: b_rx,
+            _joined: guard,
+        };
+        (a, b)
+    }
 }
 
 #[derive(Default)]
@@ -158,18 +179,7 @@ impl Relay {
                     path: path.into(),
                     id,
                 });
-                let (a_tx, b_rx) = mpsc::channel(PAIR_QUEUE);
-                let (b_tx, a_rx) = mpsc::channel(PAIR_QUEUE);
-                let theirs = PairEnd {
-                    tx: b_tx,
-                    rx: b_rx,
-                    _joined: Arc::clone(&joined),
-                };
-                let ours = PairEnd {
-                    tx: a_tx,
-                    rx: a_rx,
-                    _joined: joined,
-                };
+                let (ours, theirs) = PairEnd::joined(joined);
                 map.insert(path.into(), PairSlot::Joined(id));
                 match deliver.send(theirs) {
                     Ok(()) => TicketState::Ready(Some(ours)),

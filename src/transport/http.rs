@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::body::{self, Body};
-use super::{pages, sse, websocket};
+use super::{expose, pages, sse, websocket};
 use crate::metrics::Rejection;
 use crate::policy::{Action, Credentials, Denied, Gate};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
@@ -76,6 +76,8 @@ enum Refusal {
     RateLimited(Duration),
     #[error("{0}")]
     Undelivered(#[from] relay::Undelivered),
+    #[error("{0}")]
+    Expose(#[from] expose::ExposeRefusal),
 }
 
 /// Whole seconds to wait, at least one.
@@ -105,6 +107,7 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Refusal::Undelivered(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Expose(e) => e.status(),
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -227,8 +230,20 @@ impl Handler {
             let client = policy.client_ip(peer, forwarded);
             policy.check_rate(client).map_err(Refusal::RateLimited)?;
         }
-        let Some(action) = action_of(req) else {
-            return Ok(());
+        let (path, action) = match expose::auth_path(&self.relay, req) {
+            // Registering a name is like sending; reaching one, both ways.
+            Some((path, registers)) => {
+                let action = if registers {
+                    Action::Send
+                } else {
+                    Action::Both
+                };
+                (std::borrow::Cow::Owned(path), action)
+            }
+            None => match action_of(req) {
+                Some(action) => (std::borrow::Cow::Borrowed(req.uri().path()), action),
+                None => return Ok(()),
+            },
         };
         if self.gate.metrics.draining() {
             return Err(relay::Undelivered::ShuttingDown.into());
@@ -259,7 +274,7 @@ impl Handler {
             query_token: param("token"),
             signed,
         };
-        policy.authorize(req.uri().path(), action, &credentials)?;
+        policy.authorize(&path, action, &credentials)?;
         Ok(())
     }
 
@@ -268,6 +283,13 @@ impl Handler {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        // Names (`/-/...` and their sub-domains) come first.
+        let req = match expose::intercept(&self.relay, req, self.tls) {
+            expose::Intercepted::Taken(reply) => {
+                return Route::Later(Box::pin(async move { Ok(reply.await?) }))
+            }
+            expose::Intercepted::Passed(req) => req,
+        };
         if websocket::is_websocket(&req) {
             if pages::Reserved::from_path(req.uri().path()).is_some() {
                 return Route::Now(Err(Refusal::ReservedPath(req.uri().path().to_string())));
@@ -534,7 +556,8 @@ fn no_buffering(headers: &mut HeaderMap) {
 /// credentials (preflights, the reserved pages).
 fn action_of<B>(req: &Request<B>) -> Option<Action> {
     let method = req.method();
-    if method == Method::OPTIONS {
+    if method == Method::OPTIONS || req.uri().path().starts_with("/-/") {
+        // (Requests to names are sorted out by `expose::auth_path`.)
         return None;
     }
     if websocket::is_websocket(req) {

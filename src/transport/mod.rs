@@ -1,5 +1,7 @@
 //! Transports: each translates its protocol's world into the relay core's.
 //!
+//! - [`expose`]: names: hosts registered under a name, reached through
+//!   the relay (`/-/...`, sub-domains).
 //! - [`http`]: HTTP/1.0, HTTP/1.1 and cleartext HTTP/2 on one port (hyper).
 //! - [`http3`]: HTTP/3 over QUIC (quinn and h3), on the same handler.
 //! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
@@ -8,6 +10,7 @@
 //! - [`websocket`]: WebSocket views of a path (`?ws=send|receive|pair`).
 
 pub mod body;
+pub mod expose;
 pub mod http;
 pub mod http3;
 pub mod pages;

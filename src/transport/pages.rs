@@ -83,7 +83,7 @@ fn cors(mut response: Response<Body>) -> Response<Body> {
 }
 
 /// The base URL clients should use, as this request reached us.
-fn base_url<B>(req: &Request<B>, tls: bool) -> String {
+pub(crate) fn base_url<B>(req: &Request<B>, tls: bool) -> String {
     let forwarded_https = req
         .headers()
         .get("x-forwarded-proto")

@@ -40,7 +40,8 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// Messages of a sending socket queued before it is held back.
 const SEND_QUEUE: usize = 4;
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// A server-side WebSocket on an upgraded connection.
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Which view a socket asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,25 +115,9 @@ enum Job {
 
 /// Accepts a WebSocket handshake: registers with the relay, answers 101
 /// (or 200 over HTTP/2), and runs the socket in a task of its own.
-pub fn accept<B>(
-    relay: &Relay,
-    mut req: Request<B>,
-    n: Count,
-) -> Result<Response<Body>, WsRefusal> {
+pub fn accept<B>(relay: &Relay, req: Request<B>, n: Count) -> Result<Response<Body>, WsRefusal> {
     let mode = mode(req.uri().query()).ok_or(WsRefusal::Mode)?;
-    let h2 = req.method() == Method::CONNECT;
-    let accept_key = if h2 {
-        None
-    } else {
-        let headers = req.headers();
-        if headers.get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-            return Err(WsRefusal::Handshake("Sec-WebSocket-Version must be 13"));
-        }
-        let key = headers
-            .get(SEC_WEBSOCKET_KEY)
-            .ok_or(WsRefusal::Handshake("no Sec-WebSocket-Key"))?;
-        Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
-    };
+    check_handshake(&req)?;
     let path = req.uri().path().to_owned();
     let job = match mode {
         Mode::Send => {
@@ -147,6 +132,46 @@ pub fn accept<B>(
         Mode::Pair => Job::Pair(relay.pair(&path)?),
         Mode::Room => Job::Room(relay.join_room(&path)?),
     };
+    upgrade(req, move |socket| async move {
+        match job {
+            Job::Send(log, tx) => run_sender(socket, log, tx).await,
+            Job::Receive(ticket) => run_receiver(socket, ticket).await,
+            Job::Pair(ticket) => run_pair(socket, ticket, None).await,
+            Job::Room(member) => run_member(socket, member).await,
+        }
+    })
+}
+
+/// Checks a WebSocket handshake before anything is registered for it.
+pub fn check_handshake<B>(req: &Request<B>) -> Result<(), WsRefusal> {
+    if req.method() == Method::CONNECT {
+        return Ok(());
+    }
+    let headers = req.headers();
+    if headers.get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(WsRefusal::Handshake("Sec-WebSocket-Version must be 13"));
+    }
+    if !headers.contains_key(SEC_WEBSOCKET_KEY) {
+        return Err(WsRefusal::Handshake("no Sec-WebSocket-Key"));
+    }
+    Ok(())
+}
+
+/// Answers a WebSocket handshake (101, or 200 over HTTP/2) and runs `run`
+/// on the socket in a task of its own once the connection is upgraded.
+pub fn upgrade<B, F, Fut>(mut req: Request<B>, run: F) -> Result<Response<Body>, WsRefusal>
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    check_handshake(&req)?;
+    let accept_key = match req.method() {
+        &Method::CONNECT => None,
+        _ => req.headers().get(SEC_WEBSOCKET_KEY).map(|key| {
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+        }),
+    };
+    let path = req.uri().path().to_owned();
     let upgrade = hyper::upgrade::on(&mut req);
     drop(req);
     tokio::spawn(async move {
@@ -160,12 +185,7 @@ pub fn accept<B>(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
                 .await;
-        match job {
-            Job::Send(log, tx) => run_sender(socket, log, tx).await,
-            Job::Receive(ticket) => run_receiver(socket, ticket).await,
-            Job::Pair(ticket) => run_pair(socket, ticket).await,
-            Job::Room(member) => run_member(socket, member).await,
-        }
+        run(socket).await;
     });
     let mut response = Response::new(Body::empty());
     if let Some(accept) = accept_key {
@@ -186,7 +206,7 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Starts the closing handshake and waits (a little) for the client's
 /// reply: dropping the connection at once can lose the close frame on the
 /// way (over HTTP/2 the stream is reset), and the client sees 1006.
-async fn closing(socket: &mut Socket, code: CloseCode, reason: &'static str) {
+pub async fn closing(socket: &mut Socket, code: CloseCode, reason: &'static str) {
     if socket.send(close(code, reason)).await.is_err() {
         return;
     }
@@ -363,9 +383,14 @@ async fn run_receiver(mut socket: Socket, ticket: crate::relay::ReceiverTicket) 
     }
 }
 
-/// A pair-mode socket: waits for its partner, then passes messages both
-/// ways until one side closes.
-async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
+/// A pair-mode socket: waits for its partner (`ticket`), then passes
+/// messages both ways until one side closes, or, with `idle`, until
+/// nothing has passed either way for that long.
+pub async fn run_pair(
+    mut socket: Socket,
+    ticket: impl std::future::Future<Output = Option<PairEnd>>,
+    idle: Option<std::time::Duration>,
+) {
     tokio::pin!(ticket);
     let end: PairEnd = loop {
         tokio::select! {
@@ -389,12 +414,22 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
     // room for it, and the partner's messages are delivered meanwhile: two
     // busy directions never wait on each other.
     let mut permit = None;
+    let idle_for = idle.unwrap_or(std::time::Duration::from_secs(86_400));
+    let timer = tokio::time::sleep(idle_for);
+    tokio::pin!(timer);
     loop {
         tokio::select! {
+            () = &mut timer, if idle.is_some() => {
+                closing(&mut socket, CloseCode::Normal, "idle").await;
+                return;
+            }
             incoming = rx.recv() => match incoming {
                 Some(message) => {
                     if socket.send(to_ws(message)).await.is_err() {
                         return;
+                    }
+                    if idle.is_some() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + idle_for);
                     }
                 }
                 None => {
@@ -424,6 +459,9 @@ async fn run_pair(mut socket: Socket, ticket: crate::relay::pair::PairTicket) {
                 };
                 if let Some(p) = permit.take() {
                     p.send(message);
+                }
+                if idle.is_some() {
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle_for);
                 }
             }
         }

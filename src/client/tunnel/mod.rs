@@ -88,6 +88,11 @@ pub struct TunnelOptions {
     pub pass: Option<String>,
     /// Generate a passphrase (printed in the other side's command).
     pub encrypt: bool,
+    /// `path` is the name of a host registered with `tubes expose`: each
+    /// connection gets a channel to it (client side only).
+    pub exposed: bool,
+    /// The exposed host's service (its first when `None`).
+    pub service: Option<String>,
 }
 
 /// Connects to the service (or a SOCKS target) with a timeout.
@@ -168,6 +173,9 @@ fn instructions(conn: &Connection, opts: &TunnelOptions, local: Option<SocketAdd
 
 /// Runs `tubes tunnel`.
 pub async fn run(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(), ClientError> {
+    if opts.exposed {
+        return exposed(conn, opts, quiet).await;
+    }
     let relay = Relay::new(conn.clone())?;
     let local = match &opts.role {
         Role::Client {
@@ -235,4 +243,36 @@ pub async fn run(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(
             .await
         }
     }
+}
+
+/// `tubes tunnel client --exposed NAME`: a channel per connection to a
+/// host registered with `tubes expose`.
+async fn exposed(conn: Connection, opts: TunnelOptions, quiet: bool) -> Result<(), ClientError> {
+    let Role::Client {
+        bind, port, stdio, ..
+    } = opts.role
+    else {
+        return Err(ClientError::Usage(
+            "--exposed is for `tubes tunnel client`".into(),
+        ));
+    };
+    if opts.mux || opts.pass.is_some() || opts.encrypt || opts.second_path.is_some() {
+        return Err(ClientError::Usage(
+            "--exposed takes one name, without --mux, --pass or --encrypt".into(),
+        ));
+    }
+    let local = if stdio {
+        Local::Stdio
+    } else {
+        let listener = TcpListener::bind((bind.as_str(), port))
+            .await
+            .map_err(|e| ClientError::local(format!("cannot listen on {bind}:{port}"), e))?;
+        if !quiet {
+            if let Ok(addr) = listener.local_addr() {
+                super::progress::always(format!("Listening on {addr}."));
+            }
+        }
+        Local::Listen(listener)
+    };
+    super::expose::connect(conn, opts.path, opts.service, local).await
 }
