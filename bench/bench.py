@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import base64
 import ctypes
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -607,27 +609,28 @@ def _recv_until(sock, buf, marker, deadline):
     return buf
 
 
-def _connect():
-    s = socket.create_connection((HOST, PORT), timeout=5)
+def _connect(port=None):
+    s = socket.create_connection((HOST, port or PORT), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
 
-def one_transfer(path, body, timeout=10):
+def one_transfer(path, body, timeout=10, port=None, headers=""):
     """Sender POSTs body (waits for its 200), then a receiver GETs it.
-    Returns seconds from the sender's connect until the receiver has the body."""
+    Returns seconds from the sender's connect until the receiver has the body.
+    headers: extra header lines ("Name: value\r\n"...) for both requests."""
     deadline = time.monotonic() + timeout
     t0 = time.perf_counter()
-    s = _connect()
+    s = _connect(port)
     r = None
     try:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n{headers}"
                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         sb = _recv_until(s, b"", b"\r\n", deadline)
         if not sb.startswith(b"HTTP/1.1 200"):
             raise RuntimeError("sender got " + sb.split(b"\r\n")[0].decode(errors="replace"))
-        r = _connect()
-        r.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        r = _connect(port)
+        r.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode())
         rb = _recv_until(r, b"", b"\r\n\r\n", deadline)
         head, _, rest = rb.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
@@ -1474,6 +1477,523 @@ def cmd_live(a):
         + ", ".join(f"{q} {w}/{b}" for q, w, b in rec["worst_lines"]))
 
 
+# --------------------------------------------------------------- figure 12
+
+# (a) Many transfers at once on one server: N pairs on N distinct paths.
+# Each pair's receiver connects and sends its GET, its sender connects and
+# sends its POST head (Content-Length, no body yet); no sender sends a byte
+# of its body until all 2 x N connections are open at the client and the
+# server holds them all (its open files counted in /proc/PID/fd). Then every
+# sender sends its body (distinct bytes: SHAKE-128 of the path's index) and
+# every receiver hashes what it gets with SHA-256 and compares it with the
+# digest of what its sender sent.
+
+FD_SPARE = 100  # open files a process needs besides the 2 x N sockets
+
+
+def proc_cpu_ns(pid):
+    """CPU seconds of a live process (all its threads, those gone included),
+    to the nanosecond: the process's CPU-time clock (clockid
+    MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)); /proc/PID/stat's 10 ms
+    ticks if that clock cannot be read."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        return proc_cpu(pid)
+
+
+def proc_status_kb(pid, key):
+    """A `key: N kB` line of /proc/PID/status (VmRSS, VmHWM), or None."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def proc_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_nofile(pid):
+    """The soft open-file limit of a process (None: unlimited or unknown)."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                v = line.split()[3]
+                return int(v) if v.isdigit() else None
+    return None
+
+
+def raise_nofile(need):
+    """Raises this process's soft open-file limit towards `need`, at most to
+    the hard limit; returns (soft limit now, hard limit)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft, hard
+
+
+def body12_size(i, lo, hi):
+    seed = f"tubes-bench-12-{i}".encode()
+    return lo + int.from_bytes(hashlib.sha256(seed).digest()[:4], "big") % (hi - lo + 1)
+
+
+def body12(i, lo, hi):
+    """The bytes pair i sends: lo..hi of them, from SHAKE-128 of its index."""
+    return hashlib.shake_128(f"tubes-bench-12-{i}".encode()).digest(body12_size(i, lo, hi))
+
+
+async def _read_hashed(reader):
+    """One HTTP/1.1 response (the request said Connection: close), its body
+    hashed as it comes: (status, body bytes, sha256 hex, complete). A body
+    with Content-Length or chunked framing is complete when all of it came;
+    one delimited by the close, when the close came."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1])
+    h = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k:
+            h[k.strip().lower()] = v.strip()
+    sha, n = hashlib.sha256(), 0
+    if "content-length" in h:
+        want = int(h["content-length"])
+        while n < want:
+            chunk = await reader.read(min(65536, want - n))
+            if not chunk:
+                return status, n, sha.hexdigest(), False
+            sha.update(chunk)
+            n += len(chunk)
+        return status, n, sha.hexdigest(), True
+    if h.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            try:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    return status, n, sha.hexdigest(), True
+                data = await reader.readexactly(size + 2)
+            except (asyncio.IncompleteReadError, ValueError):
+                return status, n, sha.hexdigest(), False
+            sha.update(data[:-2])
+            n += size
+    while True:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return status, n, sha.hexdigest(), True
+        sha.update(chunk)
+        n += len(chunk)
+
+
+OPENERS = 256  # connects in flight at once (listen queues)
+# The client's connections come from 16 loopback addresses (127.0.0.2-17):
+# from one address, 2 x N connections to one server port take most of the
+# 28,232 ephemeral ports, and the kernel's search for a free one in
+# connect() grows with every port taken (at 19,900 connections the client
+# spent ~16 s of system time opening them). IP_BIND_ADDRESS_NO_PORT lets
+# connect() pick the port, by the whole address pair.
+SOURCES = 16
+IP_BIND_ADDRESS_NO_PORT = 24  # <linux/in.h>
+
+
+async def _connect12(port, k):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        try:
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((f"127.0.0.{2 + k % SOURCES}", 0))
+        except OSError:
+            pass  # connect from the default address then
+        await asyncio.get_running_loop().sock_connect(s, (HOST, port))
+    except BaseException:
+        s.close()
+        raise
+    return await asyncio.open_connection(sock=s)
+
+
+async def _open12(a, i, path):
+    """Pair i's two connections: the receiver's GET, then the sender's POST
+    head (Content-Length, no body yet). Returns (rr, rw, sr, sw, size)."""
+    size = body12_size(i, a.min_bytes, a.max_bytes)
+    rr, rw = await _connect12(a.port, i)
+    try:
+        rw.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await rw.drain()
+        sr, sw = await _connect12(a.port, i)
+    except BaseException:
+        rw.close()
+        raise
+    try:
+        sw.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                 f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode())
+        await sw.drain()
+    except BaseException:
+        rw.close()
+        sw.close()
+        raise
+    return rr, rw, sr, sw, size
+
+
+def _kind(e):
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    return type(e).__name__ + (f": {e}"[:50] if str(e) else "")
+
+
+async def _transfer12(a, i, conn):
+    """Pair i's transfer on its open connections: (error or None, mismatch,
+    time the receiver had all)."""
+    rr, rw, sr, sw, size = conn
+    try:
+        body = body12(i, a.min_bytes, a.max_bytes)
+        sent = hashlib.sha256(body).hexdigest()
+
+        async def send():
+            sw.write(body)
+            await sw.drain()
+            resp = await sr.read()  # the server's log to the sender, to its end
+            if not resp.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError("sender got " + resp[:12].decode(errors="replace"))
+
+        async def recv():
+            status, n, digest, complete = await _read_hashed(rr)
+            t_end = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"receiver got {status}")
+            if not complete:
+                raise RuntimeError("receiver: body cut short")
+            return n, digest, t_end
+
+        res = await asyncio.gather(send(), recv(), return_exceptions=True)
+        errs = [r for r in res if isinstance(r, BaseException)]
+        if errs:
+            return _kind(errs[0]), False, None
+        n, digest, t_end = res[1]
+        return None, n != size or digest != sent, t_end
+    finally:
+        rw.close()
+        sw.close()
+
+
+async def _concurrent(a, count):
+    import resource
+    pid = a.pid
+    tag = f"{random.getrandbits(48):x}"
+    time.sleep(0.5)
+    rss0, fds0 = proc_status_kb(pid, "VmRSS"), proc_fds(pid)
+    out = [None] * count  # per pair: (error or None, mismatch, end time)
+    conns = [None] * count
+    # RSS sampled by a thread (the event loop is busy); VmHWM gives the
+    # fresh server's peak too.
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                samples.append(proc_status_kb(pid, "VmRSS"))
+            except (OSError, TypeError):
+                return
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    drops0 = listen_drops()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0, busy0 = proc_cpu_ns(pid), busy_seconds()
+    t0 = time.perf_counter()
+    sampler.start()
+    deadline = time.monotonic() + a.max_time
+    todo = iter(range(count))
+
+    async def opener():
+        # A fixed set of openers, each taking the next pair (a semaphore
+        # with thousands of waiters costs O(waiters) per acquire in 3.11).
+        for i in todo:
+            try:
+                conns[i] = await asyncio.wait_for(_open12(a, i, f"/c12-{tag}-{i}"),
+                                                  max(0.01, deadline - time.monotonic()))
+            except Exception as e:
+                out[i] = ("open: " + _kind(e), False, None)
+
+    await asyncio.gather(*(opener() for _ in range(min(OPENERS, count))))
+    opened = sum(1 for c in conns if c)
+    # Wait (at most 10 s) until the server holds every connection opened.
+    wait_until, fds_open = time.monotonic() + 10, proc_fds(pid) - fds0
+    while fds_open < 2 * opened and time.monotonic() < wait_until:
+        await asyncio.sleep(0.05)
+        fds_open = proc_fds(pid) - fds0
+    rss_open = proc_status_kb(pid, "VmRSS")
+    # Who worked how much while opening (the rest is the transfers).
+    cpu_open, ru_open = proc_cpu_ns(pid) - cpu0, resource.getrusage(resource.RUSAGE_SELF)
+    t_release = time.perf_counter()
+    # Now every sender sends its body.
+    idx = [i for i in range(count) if conns[i]]
+    results = await asyncio.gather(
+        *(asyncio.wait_for(_transfer12(a, i, conns[i]), max(0.01, deadline - time.monotonic()))
+          for i in idx), return_exceptions=True)
+    for i, r in zip(idx, results):
+        out[i] = ("transfer: " + _kind(r), False, None) if isinstance(r, BaseException) else r
+    conns = None
+    t_all = time.perf_counter()
+    cpu1, busy1 = proc_cpu_ns(pid), busy_seconds()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    stop.set()
+    sampler.join(1)
+    hwm = proc_status_kb(pid, "VmHWM")
+    drops = listen_drops() - drops0
+    kinds, mismatches, ends = {}, 0, []
+    for err, mism, t_end in (o or ("lost", False, None) for o in out):
+        if err:
+            kinds[err] = kinds.get(err, 0) + 1
+        elif mism:
+            mismatches += 1
+        else:
+            ends.append(t_end)
+    t_end = max(ends) if ends else t_all
+    after = {}
+    for at in (1.0, 5.0):
+        time.sleep(max(0, t_all + at - time.perf_counter()))
+        after[str(int(at))] = proc_status_kb(pid, "VmRSS")
+    fds_after = proc_fds(pid) - fds0
+    client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    total_bytes = sum(body12_size(i, a.min_bytes, a.max_bytes) for i in range(count))
+    rec = dict(fig="concurrent", server=a.server, count=count, asked=a.count, opened=opened,
+               open_failed=count - opened, completed=len(ends), errors=sum(kinds.values()),
+               error_kinds=kinds, mismatches=mismatches, bytes=total_bytes,
+               min_bytes=a.min_bytes, max_bytes=a.max_bytes,
+               wall=t_end - t0, open_seconds=t_release - t0, transfer_seconds=t_end - t_release,
+               server_cpu=cpu1 - cpu0, client_cpu=client_cpu, listen_drops=drops,
+               server_cpu_open=cpu_open,
+               client_cpu_open=(ru_open.ru_utime - ru0.ru_utime) + (ru_open.ru_stime - ru0.ru_stime),
+               server_fds_open=fds_open, server_fds_after=fds_after,
+               rss_before_kb=rss0, rss_open_kb=rss_open,
+               rss_peak_kb=max([x for x in samples if x] + [hwm or 0, rss_open or 0]),
+               rss_hwm_kb=hwm, rss_after_kb=after)
+    rec["ok"] = rec["completed"] == count and mismatches == 0
+    rec["other_cores"] = max(0.0, (busy1 - busy0) - rec["server_cpu"] - client_cpu) / max(t_all - t0, 1e-9)
+    emit(a.out, **rec)
+    log(f"{a.server:5} {count} concurrent transfers ({total_bytes / 1e6:.0f} MB): "
+        f"{len(ends)} complete, {rec['errors']} errors {kinds or ''}, {mismatches} sha256 mismatches; "
+        f"wall {rec['wall']:.2f}s (opening {rec['open_seconds']:.2f}s, transfers {rec['transfer_seconds']:.2f}s); "
+        f"server held {fds_open} sockets when the bodies were released; server CPU {rec['server_cpu']:.2f}s, "
+        f"(opening {cpu_open:.2f}s), "
+        f"RSS {rss0 / 1024:.1f} -> {rss_open / 1024:.1f} (all open) -> peak {rec['rss_peak_kb'] / 1024:.1f} MB, "
+        f"after {after} KB, {fds_after} sockets left; client CPU {client_cpu:.2f}s "
+        f"(opening {rec['client_cpu_open']:.2f}s); "
+        f"listen queue drops {drops} (others {rec['other_cores']:.2f} cores)")
+
+
+def cmd_concurrent(a):
+    need = 2 * a.count + FD_SPARE
+    soft, hard = raise_nofile(need)
+    limits = [("this client's", soft)]
+    srv = proc_nofile(a.pid)
+    if srv is not None:
+        limits.append((f"the {a.server} server's", srv))
+    count = a.count
+    for who, lim in limits:
+        if 2 * count + FD_SPARE > lim:
+            count = max(1, (lim - FD_SPARE) // 2)
+            log(f"{who} open-file limit is {lim} (hard limit here {hard}): "
+                f"{count} transfers instead of {a.count}")
+    log(f"{a.server}: {count} concurrent transfers ({2 * count} connections), "
+        f"{a.min_bytes}-{a.max_bytes} bytes each")
+    # Python's cycle collector walks every live object each full pass, and
+    # 2 x N streams make many: off for the run (all is freed by refcount).
+    import gc
+    gc.disable()
+    try:
+        asyncio.run(_concurrent(a, count))
+    finally:
+        gc.enable()
+
+
+# (b) The cost of auth per request: figure 4's sequential transfers (POST,
+# then GET on the same fresh path), both requests with the same credentials.
+
+
+def bcrypt_hash(password, cost):
+    """(a bcrypt hash of password, how it was made) or (None, why not):
+    `htpasswd -nbBC` if it is installed, else crypt(3) of the system's
+    libcrypt (libxcrypt knows bcrypt) through ctypes."""
+    import shutil
+    if shutil.which("htpasswd"):
+        p = subprocess.run(["htpasswd", "-nbBC", str(cost), "u", password],
+                           capture_output=True, text=True)
+        h = p.stdout.strip().partition(":")[2]
+        if p.returncode == 0 and h.startswith("$2"):
+            return h, "htpasswd -nbB"
+    try:
+        lib = ctypes.CDLL("libcrypt.so.1")
+        lib.crypt_gensalt.restype = ctypes.c_char_p
+        lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+        lib.crypt.restype = ctypes.c_char_p
+        lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        setting = lib.crypt_gensalt(b"$2b$", cost, None, 0)
+        h = lib.crypt(password.encode(), setting) if setting else None
+        if h and h.startswith(b"$2"):
+            return h.decode(), "libcrypt crypt(3)"
+        return None, "libcrypt has no bcrypt and htpasswd is not installed"
+    except (OSError, AttributeError) as e:
+        return None, f"no htpasswd and no libcrypt.so.1 ({e})"
+
+
+def hs256_jwt(secret, claims):
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    part = lambda d: b64(json.dumps(d, separators=(",", ":")).encode())
+    signing_input = part({"alg": "HS256", "typ": "JWT"}) + b"." + part(claims)
+    sig = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(sig)).decode()
+
+
+AUTH_PREFIX = "/auth12/"  # credentials needed (any valid one)
+OPEN_PREFIX = "/open12/"  # open to anyone, on the server with [auth] too
+COLD_USERS = 3  # Basic users whose first request is timed (one bcrypt check each)
+
+
+def cmd_authconfig(a):
+    """Writes figure 12's settings file (DIR/auth12.toml: a token, Basic
+    users, an HS256 secret, rules) and the credentials (DIR/auth12.json)."""
+    token = os.urandom(16).hex()
+    creds = dict(token=token, jwt_secret=os.urandom(24).hex(), cost=a.cost, users=[])
+    users = [("bench", os.urandom(8).hex())] + [(f"cold{k}", os.urandom(8).hex()) for k in range(COLD_USERS)]
+    lines = ["# Figure 12 (b) of bench/: written by `bench.py authconfig`.", "[auth]", "",
+             "[[auth.tokens]]", 'name = "bench-token"',
+             f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"', ""]
+    for name, pw in users:
+        h, how = bcrypt_hash(pw, a.cost)
+        if h is None:
+            creds["basic_skipped"] = how
+            log(f"Basic auth left out: {how}")
+            break
+        creds["hash_how"] = how
+        creds["users"].append([name, pw])
+        lines += ["[[auth.users]]", f'name = "{name}"', f"password_bcrypt = '{h}'", ""]
+    lines += ["[auth.jwt]", f'hs256_secret = "{creds["jwt_secret"]}"', "",
+              "[[auth.rules]]", 'prefix = "/"', 'send = ["anyone"]', 'receive = ["anyone"]', "",
+              "[[auth.rules]]", f'prefix = "{AUTH_PREFIX}"', 'send = ["authenticated"]',
+              'receive = ["authenticated"]', ""]
+    with open(os.path.join(a.dir, "auth12.toml"), "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(a.dir, "auth12.json"), "w") as f:
+        json.dump(creds, f)
+
+
+def _status_of(port, request, timeout=5):
+    """The status code the server answers a request with (its head only)."""
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    try:
+        s.sendall(request.encode())
+        head = _recv_until(s, b"", b"\r\n", time.monotonic() + timeout)
+        return int(head.split()[1])
+    finally:
+        s.close()
+
+
+def cmd_authcost(a):
+    with open(a.creds) as f:
+        creds = json.load(f)
+    now = int(time.time())
+    jwt = hs256_jwt(creds["jwt_secret"], {"sub": "bench-jwt", "iat": now, "exp": now + 3600})
+    bearer = lambda t: f"Authorization: Bearer {t}\r\n"
+    basic = lambda u, p: "Authorization: Basic " + base64.b64encode(f"{u}:{p}".encode()).decode() + "\r\n"
+    users = creds.get("users", [])
+    # name -> (port, pid, path prefix, extra headers)
+    variants = {
+        "none": (a.plain_port, a.plain_pid, OPEN_PREFIX, ""),
+        "open": (a.auth_port, a.auth_pid, OPEN_PREFIX, ""),
+        "token": (a.auth_port, a.auth_pid, AUTH_PREFIX, bearer(creds["token"])),
+        "jwt": (a.auth_port, a.auth_pid, AUTH_PREFIX, bearer(jwt)),
+    }
+    if users:
+        variants["basic"] = (a.auth_port, a.auth_pid, AUTH_PREFIX, basic(*users[0]))
+    tag = f"{random.getrandbits(48):x}"
+    # Auth is on: no credentials, a wrong token, a wrong password -> 401.
+    get = "GET {}{}-{} HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n"
+    checks = {
+        "no credentials": _status_of(a.auth_port, get.format(AUTH_PREFIX, tag, "nocred", "")),
+        "wrong token": _status_of(a.auth_port, get.format(AUTH_PREFIX, tag, "badtok", bearer("x" * 32))),
+        "wrong JWT": _status_of(a.auth_port, get.format(
+            AUTH_PREFIX, tag, "badjwt", bearer(hs256_jwt("y" * 48, {"sub": "x", "exp": now + 60})))),
+    }
+    if users:
+        checks["wrong password"] = _status_of(a.auth_port, get.format(
+            AUTH_PREFIX, tag, "badpw", basic(users[0][0], "wrong")))
+    log("refusals on the auth server: " + ", ".join(f"{k} -> {v}" for k, v in checks.items()))
+    res = {k: dict(lat=[], errors=0, first_error=None, server_cpu=0.0) for k in variants}
+    body = b"0123456789"
+    for name, (port, pid, prefix, hdr) in variants.items():  # warm-up, not counted
+        for w in range(20):
+            try:
+                one_transfer(f"{prefix}warm-{tag}-{name}-{w}", body, port=port, headers=hdr)
+            except Exception as e:
+                res[name]["first_error"] = res[name]["first_error"] or f"warm-up: {e!r}"
+    # The first transfer with new Basic credentials: one bcrypt check (the
+    # POST's; the GET finds the credentials remembered).
+    cold = []
+    for name, pw in users[1:]:
+        try:
+            cold.append(one_transfer(f"{AUTH_PREFIX}cold-{tag}-{name}", body, port=a.auth_port,
+                                     headers=basic(name, pw)) * 1000)
+        except Exception as e:
+            log(f"cold Basic transfer for {name} failed: {e!r}")
+    # Rounds, the variants in turn (rotated), so that other load hits all alike.
+    rounds = max(1, min(10, a.count // 50))
+    names = list(variants)
+    import resource
+    t_start = time.monotonic()
+    busy0, ru0 = busy_seconds(), resource.getrusage(resource.RUSAGE_SELF)
+    for rnd in range(rounds):
+        n = a.count // rounds + (1 if rnd < a.count % rounds else 0)
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        for name in order:
+            port, pid, prefix, hdr = variants[name]
+            r = res[name]
+            cpu0 = proc_cpu_ns(pid)
+            for k in range(n):
+                if time.monotonic() - t_start > a.max_time:
+                    r["errors"] += 1
+                    r["first_error"] = r["first_error"] or "time budget exceeded"
+                    continue
+                try:
+                    r["lat"].append(one_transfer(f"{prefix}t-{tag}-{name}-{rnd}-{k}",
+                                                 os.urandom(5).hex().encode(), port=port, headers=hdr))
+                except Exception as e:
+                    r["errors"] += 1
+                    r["first_error"] = r["first_error"] or repr(e)
+            r["server_cpu"] += proc_cpu_ns(pid) - cpu0
+    wall = time.monotonic() - t_start
+    out = {}
+    for name, r in res.items():
+        lat = sorted(r["lat"])
+        requests = 2 * len(lat)
+        out[name] = dict(count=a.count, done=len(lat), errors=r["errors"], first_error=r["first_error"],
+                         p50_ms=_pct(lat, 50) * 1000 if lat else None,
+                         p99_ms=_pct(lat, 99) * 1000 if lat else None,
+                         mean_ms=statistics.mean(lat) * 1000 if lat else None,
+                         server_cpu=r["server_cpu"],
+                         cpu_per_1000=r["server_cpu"] / requests * 1000 if requests else None)
+        o = out[name]
+        log(f"auth {name:5} p50 {o['p50_ms'] or 0:.3f} ms  p99 {o['p99_ms'] or 0:.3f} ms  "
+            f"server CPU {o['server_cpu']:.3f}s = {o['cpu_per_1000'] or 0:.3f}s per 1,000 requests  "
+            f"errors {o['errors']}" + (f" ({o['first_error']})" if o["first_error"] else ""))
+    if cold:
+        log(f"first Basic transfer of new credentials (bcrypt cost {creds['cost']}): "
+            + ", ".join(f"{c:.1f}" for c in cold) + " ms")
+    # CPU of everything but the two servers and this client: noise.
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    ours = (sum(r["server_cpu"] for r in res.values()) + (ru1.ru_utime - ru0.ru_utime)
+            + (ru1.ru_stime - ru0.ru_stime))
+    emit(a.out, fig="authcost", server="tubes", variants=out, checks=checks, cold_basic_ms=cold,
+         cost=creds["cost"], hash_how=creds.get("hash_how"), basic_skipped=creds.get("basic_skipped"),
+         rounds=rounds, wall=wall,
+         other_cores=max(0.0, busy_seconds() - busy0 - ours) / max(wall, 1e-9))
+
+
 # --------------------------------------------------------------- report
 
 
@@ -1873,6 +2393,88 @@ def cmd_report(a):
         row("  SSE / plain: arrival p50", ratio(S["arrival_p50_ms"], Pl["arrival_p50_ms"]), None, None, "info")
         row("  SSE / plain: server CPU", ratio(S["server_cpu"], Pl["server_cpu"]), None, None, "info")
 
+    # 12. many transfers at once (beside npm); the cost of auth (Tubes only)
+    fig(12)
+    ct, cn = one("concurrent", "tubes"), one("concurrent", "npm")
+    if ct or cn:
+        c = ct or cn
+        asked = f" ({c['asked']:,} asked)" if c["count"] != c["asked"] else ""
+        row(f"12 {c['count']:,} concurrent transfers{asked}, {c['min_bytes'] >> 10}-{c['max_bytes'] >> 10} KiB, "
+            f"sha256-checked", "", "", "", "")
+        row(f"  {c['count'] * 2:,} connections at once, {c['bytes'] / 1e6:.0f} MB; fresh server each",
+            "", "", "", "")
+        row("  wall s: first connect -> last receiver done", wv(ct, lambda r: r["wall"]), None,
+            wv(cn, lambda r: r["wall"]), "info", nd=2)
+        row("    opening: until the server holds every connection", wv(ct, lambda r: r["open_seconds"]),
+            None, wv(cn, lambda r: r["open_seconds"]), "info", nd=2)
+        row("    transfers: bodies released -> last receiver done",
+            wv(ct, lambda r: r["transfer_seconds"]), None, wv(cn, lambda r: r["transfer_seconds"]),
+            "info", nd=2)
+        row("  transfers complete and matching", wv(ct, lambda r: r["completed"] - r["mismatches"]), None,
+            wv(cn, lambda r: r["completed"] - r["mismatches"]), "all",
+            verdict(ct["ok"]) if ct else None, 0)
+        row("  errors (either side, any kind)", wv(ct, lambda r: r["errors"]), None,
+            wv(cn, lambda r: r["errors"]), "0", verdict(ct["errors"] == 0) if ct else None, 0)
+        row("  sha256 mismatches", wv(ct, lambda r: r["mismatches"]), None,
+            wv(cn, lambda r: r["mismatches"]), "0", verdict(ct["mismatches"] == 0) if ct else None, 0)
+        row("  server sockets when the bodies were released", wv(ct, lambda r: r["server_fds_open"]), None,
+            wv(cn, lambda r: r["server_fds_open"]), "info", nd=0)
+        row("  server peak RSS MB", wv(ct, lambda r: r["rss_peak_kb"] / 1024), None,
+            wv(cn, lambda r: r["rss_peak_kb"] / 1024), "info", nd=1)
+        row("    RSS MB before / all open / 1 s / 5 s after",
+            wv(ct, lambda r: slash(r["rss_before_kb"] / 1024, r["rss_open_kb"] / 1024,
+                                   r["rss_after_kb"]["1"] / 1024, r["rss_after_kb"]["5"] / 1024, nd=1)),
+            None,
+            wv(cn, lambda r: slash(r["rss_before_kb"] / 1024, r["rss_open_kb"] / 1024,
+                                   r["rss_after_kb"]["1"] / 1024, r["rss_after_kb"]["5"] / 1024, nd=1)),
+            "info")
+        row("    (peak - before) KB per transfer",
+            wv(ct, lambda r: (r["rss_peak_kb"] - r["rss_before_kb"]) / r["count"]), None,
+            wv(cn, lambda r: (r["rss_peak_kb"] - r["rss_before_kb"]) / r["count"]), "info", nd=1)
+        row("  server CPU s", wv(ct, lambda r: r["server_cpu"]), None, wv(cn, lambda r: r["server_cpu"]),
+            "info")
+        row("    per GB relayed", wv(ct, lambda r: r["server_cpu"] / (r["bytes"] / 1e9)), None,
+            wv(cn, lambda r: r["server_cpu"] / (r["bytes"] / 1e9)), "info")
+        row("  client CPU s (one Python process)", wv(ct, lambda r: r["client_cpu"]), None,
+            wv(cn, lambda r: r["client_cpu"]), "info")
+        row("  listen queue drops (kernel)", wv(ct, lambda r: r["listen_drops"]), None,
+            wv(cn, lambda r: r["listen_drops"]), "info", nd=0)
+        row("  server sockets left 5 s after", wv(ct, lambda r: r["server_fds_after"]), None,
+            wv(cn, lambda r: r["server_fds_after"]), "0", verdict(ct["server_fds_after"] <= 0) if ct else None, 0)
+    au = one("authcost", "tubes")
+    if au:
+        V = au["variants"]
+        base = V.get("none")
+        row(f"12 cost of auth: {base['count'] if base else '?'} transfers of each kind (figure 4's)",
+            "", "", "", "")
+        row("  credentials on both the POST and the GET; p50 / p99 ms", "", "", "", "")
+        labels = (("none", "(0) no auth (tubes serve without [auth])"),
+                  ("open", "(1) [auth] on, path open to anyone"),
+                  ("token", "(a) Bearer token (looked up by SHA-256)"),
+                  ("jwt", "(b) Bearer HS256 JWT (verified each time)"),
+                  ("basic", f"(c) Basic, bcrypt cost {au['cost']} (then remembered)"))
+        for name, label in labels:
+            v = V.get(name)
+            if v is None:
+                if name == "basic":
+                    row(f"  (c) Basic: left out ({au.get('basic_skipped') or 'no users'})", "", "", "", "")
+                continue
+            row(f"  {label}", slash(v["p50_ms"], v["p99_ms"], nd=3), None, None, "info")
+            row("    server CPU s per 1,000 requests", v["cpu_per_1000"], None, None, "info", nd=3)
+            if name != "none" and base:
+                row("    / no auth: p50 / p99 / CPU", slash(
+                    ratio(v["p50_ms"], base["p50_ms"]), ratio(v["p99_ms"], base["p99_ms"]),
+                    ratio(v["cpu_per_1000"], base["cpu_per_1000"])), None, None, "info")
+        if au.get("cold_basic_ms"):
+            row(f"  first transfer of a new Basic user (bcrypt), ms ({len(au['cold_basic_ms'])})",
+                slash(*sorted(au["cold_basic_ms"]), nd=1), None, None, "info")
+        ch12 = au.get("checks", {})
+        row("  refused: " + " / ".join(k.replace("wrong", "bad") for k in ch12),
+            " / ".join(str(x) for x in ch12.values()), None, None,
+            "401 each", verdict(all(x == 401 for x in ch12.values())))
+        row("  transfer errors (" + ", ".join(V) + ")", " / ".join(str(v["errors"]) for v in V.values()),
+            None, None, "0", verdict(all(v["errors"] == 0 for v in V.values())))
+
     # print
     head = ("figure", "Tubes", "socat", "npm", "T/socat", "T/npm", "target", "")
     table = [head]
@@ -1894,11 +2496,13 @@ def cmd_report(a):
             out.append("  ".join("-" * w for w in widths).rstrip())
     # (figure 9's 1 KiB transfers last ~20 ms, too short for /proc/stat's
     # 10 ms ticks: left out)
-    other = [r["other_cores"] for r in recs if r["fig"] in ("stream", "client", "tunnel", "live", "wsrtt")
+    other = [r["other_cores"] for r in recs
+             if r["fig"] in ("stream", "client", "tunnel", "live", "wsrtt", "concurrent", "authcost")
              and "other_cores" in r and r.get("tag", "big") == "big"]
     if other:
         o = statistics.median(other)
-        out.append(f"CPU used by other processes during the stream, client, tunnel, round-trip and live runs: median {o:.2f}, max {max(other):.2f} cores"
+        out.append("CPU used by other processes during the stream, client, tunnel, round-trip, live,"
+                   f" concurrent and auth runs: median {o:.2f}, max {max(other):.2f} cores"
                    + ("  (busy machine: throughput figures are noisy)" if o > 0.15 else ""))
     failed10 = [r for r in recs if r["fig"] == "tunnel" and r["kind"] == "stream" and not r["ok"]]
     if failed10:
@@ -1986,6 +2590,27 @@ def main():
             q.add_argument("--rate", type=float, default=20, help="lines per second")
             q.add_argument("--seconds", type=float, default=10)
             q.add_argument("--line-bytes", type=int, default=64)
+    q = sub.add_parser("concurrent")
+    q.add_argument("--out", required=True)
+    q.add_argument("--server", required=True)
+    q.add_argument("--port", type=int, required=True)
+    q.add_argument("--pid", type=int, required=True)
+    q.add_argument("--count", type=int, default=10000, help="pairs (2 connections each)")
+    q.add_argument("--min-bytes", type=int, default=16 << 10)
+    q.add_argument("--max-bytes", type=int, default=64 << 10)
+    q.add_argument("--max-time", type=float, default=120)
+    q = sub.add_parser("authconfig")
+    q.add_argument("--dir", required=True, help="where auth12.toml and auth12.json go")
+    q.add_argument("--cost", type=int, default=10, help="bcrypt cost of the Basic users' hashes")
+    q = sub.add_parser("authcost")
+    q.add_argument("--out", required=True)
+    q.add_argument("--creds", required=True, help="auth12.json from authconfig")
+    q.add_argument("--plain-port", type=int, required=True, help="tubes serve without [auth]")
+    q.add_argument("--plain-pid", type=int, required=True)
+    q.add_argument("--auth-port", type=int, required=True, help="tubes serve --config auth12.toml")
+    q.add_argument("--auth-pid", type=int, required=True)
+    q.add_argument("--count", type=int, default=1000)
+    q.add_argument("--max-time", type=float, default=120)
     r = sub.add_parser("report"); r.add_argument("--out", required=True); r.add_argument("--meta")
     r.add_argument("--only", default="", help="comma-separated figure numbers to print (default all)")
     a = p.parse_args()

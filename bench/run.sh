@@ -4,6 +4,8 @@
 #        BENCH_GIB=0.25 BENCH_WAITERS=2000 BENCH_REPS=1 bench/run.sh   (quick)
 #        BENCH_ONLY=9 bench/run.sh   (only figure 9; a list works too: BENCH_ONLY=1,9)
 #        BENCH_ONLY=10,11 bench/run.sh   (tunnels; WebSocket and live/SSE)
+#        BENCH_ONLY=12 bench/run.sh      (10,000 concurrent transfers; the cost of auth)
+#        BENCH_ONLY=12 BENCH_CONCURRENT=1000 BENCH_AUTH_N=200 bench/run.sh   (the same, quick)
 # See bench/README.md. Scratch files go to bench/out/.
 set -euo pipefail
 
@@ -27,6 +29,8 @@ BENCH_WS_N=${BENCH_WS_N:-2000}       # figure 11: round trips of a small message
 BENCH_LIVE_RECEIVERS=${BENCH_LIVE_RECEIVERS:-1000} # figure 11: live receivers (SSE, then plain)
 BENCH_LIVE_RATE=${BENCH_LIVE_RATE:-20} # figure 11: lines per second from the live sender
 BENCH_LIVE_SECONDS=${BENCH_LIVE_SECONDS:-10} # figure 11: how long the live sender writes
+BENCH_CONCURRENT=${BENCH_CONCURRENT:-10000} # figure 12: transfers at once (2 connections each)
+BENCH_AUTH_N=${BENCH_AUTH_N:-1000}   # figure 12: sequential transfers per kind of credentials
 BENCH_ONLY=${BENCH_ONLY:-}           # comma-separated figure numbers to run (default: all)
 # Extra flags for `tubes serve`, e.g. BENCH_TUBES_ARGS="--threads 1".
 read -r -a TUBES_ARGS <<< "${BENCH_TUBES_ARGS:-}"
@@ -39,11 +43,11 @@ want() {
     for f in "$@"; do [[ ",${BENCH_ONLY// /}," == *",$f,"* ]] && return 0; done
     return 1
 }
-if [[ -n $BENCH_ONLY && ! $BENCH_ONLY =~ ^(1[01]|[1-9])([[:space:]]*,[[:space:]]*(1[01]|[1-9]))*$ ]]; then
-    printf 'BENCH_ONLY=%s: give figure numbers 1-11, comma-separated\n' "$BENCH_ONLY" >&2
+if [[ -n $BENCH_ONLY && ! $BENCH_ONLY =~ ^(1[012]|[1-9])([[:space:]]*,[[:space:]]*(1[012]|[1-9]))*$ ]]; then
+    printf 'BENCH_ONLY=%s: give figure numbers 1-12, comma-separated\n' "$BENCH_ONLY" >&2
     exit 2
 fi
-NEED_NPM=0; want 1 2 3 4 5 6 7 && NEED_NPM=1
+NEED_NPM=0; want 1 2 3 4 5 6 7 12 && NEED_NPM=1
 NEED_FILE=0; want 1 2 6 7 8 10 && NEED_FILE=1
 # A measurement that breaks is logged and left out of the table; the run goes on.
 measure() { "${PY[@]}" "$@" || log "measurement failed (exit $?): $1 ${*:2}"; }
@@ -104,6 +108,12 @@ if ((BENCH_WAITERS + 200 > want)); then
     log "open-file limit is $want (hard $hard): lowering BENCH_WAITERS from $BENCH_WAITERS to $((want - 200))"
     BENCH_WAITERS=$((want - 200))
 fi
+# Figure 12: the client and the server each hold 2 x BENCH_CONCURRENT sockets
+# (bench.py checks both limits again and says what it used).
+if ((2 * BENCH_CONCURRENT + 100 > want)); then
+    log "open-file limit is $want (hard $hard): lowering BENCH_CONCURRENT from $BENCH_CONCURRENT to $(((want - 100) / 2))"
+    BENCH_CONCURRENT=$(((want - 100) / 2))
+fi
 if ((BENCH_LIVE_RECEIVERS + 200 > want)); then
     log "open-file limit is $want (hard $hard): lowering BENCH_LIVE_RECEIVERS from $BENCH_LIVE_RECEIVERS to $((want - 200))"
     BENCH_LIVE_RECEIVERS=$((want - 200))
@@ -124,7 +134,7 @@ fi
 
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
-rm -f "$OUT"/tubes-*.log "$OUT"/npm-*.log "$OUT"/tunnel-*.log # server and tunnel logs of earlier runs
+rm -f "$OUT"/tubes-*.log "$OUT"/npm-*.log "$OUT"/tunnel-*.log "$OUT"/auth12.* # logs, figure 12's settings
 python3 - "$OUT/meta.json" <<EOF
 import json, sys, subprocess
 def v(*c):
@@ -140,23 +150,28 @@ json.dump({"file": "$MIB MiB", "reps": $BENCH_REPS, "waiters": $BENCH_WAITERS,
            **({"tunnel connections": $BENCH_TUNNEL_CONNS} if $(want 10 && echo 1 || echo 0) else {}),
            **({"ws round trips": $BENCH_WS_N, "live": "$BENCH_LIVE_RECEIVERS receivers x $BENCH_LIVE_RATE lines/s x $BENCH_LIVE_SECONDS s"}
               if $(want 11 && echo 1 || echo 0) else {}),
+           **({"concurrent": $BENCH_CONCURRENT, "auth transfers": $BENCH_AUTH_N}
+              if $(want 12 && echo 1 || echo 0) else {}),
            **({"figures": "$BENCH_ONLY"} if "$BENCH_ONLY" else {})},
           open(sys.argv[1], "w"))
 EOF
 
 # ------------------------------------------------------------ servers
-# start_server KIND [tls] -> sets PORT and PID (and, with tls, TLSPORT: HTTPS
-# over TCP and HTTP/3 over UDP, self-signed); logs to bench/out/KIND-PORT.log
+# start_server KIND [tls] [more tubes serve flags] -> sets PORT and PID (and,
+# with tls, TLSPORT: HTTPS over TCP and HTTP/3 over UDP, self-signed); logs to
+# bench/out/KIND-PORT.log
 start_server() {
     local kind=$1 tls=()
+    shift
     PORT=$("${PY[@]}" freeport)
     TLSPORT=
-    if [[ ${2:-} == tls ]]; then
+    if [[ ${1:-} == tls ]]; then
         TLSPORT=$("${PY[@]}" freeport --udp)
         tls=(--https-port "$TLSPORT" --self-signed)
+        shift
     fi
     case $kind in
-        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" "${tls[@]}" "${TUBES_ARGS[@]}" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
+        tubes) "$TUBES" serve --host 127.0.0.1 --http-port "$PORT" "${tls[@]}" "${TUBES_ARGS[@]}" "$@" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
         npm) "$NPM_SERVER" --host 127.0.0.1 --http-port "$PORT" >"$OUT/$kind-$PORT.log" 2>&1 & ;;
     esac
     PID=$!
@@ -325,6 +340,28 @@ for kind in tubes npm; do
             --count "$BENCH_PAIRS" --max-time 60
     fi
 done
+
+# 12. many transfers at once, each on a fresh server (defaults: no per-address
+# limits, max_paths 100000); then the cost of auth: tubes serve without
+# [auth] beside one with figure 12's settings file (bench/out/auth12.toml)
+if want 12; then
+    for kind in tubes npm; do
+        log "12. $BENCH_CONCURRENT concurrent transfers on a fresh $kind"
+        start_server "$kind"
+        measure concurrent --out "$RESULTS" --server "$kind" --port "$PORT" --pid "$PID" \
+            --count "$BENCH_CONCURRENT" --max-time 120
+        stop_server "$PID"
+    done
+    log "12. cost of auth: $BENCH_AUTH_N sequential transfers each without auth, open path, token, JWT, Basic"
+    "${PY[@]}" authconfig --dir "$OUT"
+    start_server tubes; PLAIN12_PORT=$PORT PLAIN12_PID=$PID
+    start_server tubes --config "$OUT/auth12.toml"
+    measure authcost --out "$RESULTS" --creds "$OUT/auth12.json" \
+        --plain-port "$PLAIN12_PORT" --plain-pid "$PLAIN12_PID" --auth-port "$PORT" --auth-pid "$PID" \
+        --count "$BENCH_AUTH_N" --max-time 120
+    stop_server "$PID"
+    stop_server "$PLAIN12_PID"
+fi
 
 cleanup
 log "done in $((SECONDS - T0)) s of measuring; raw results in $RESULTS"
