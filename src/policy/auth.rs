@@ -74,16 +74,56 @@ pub enum Denied {
     Invalid(&'static str),
     #[error("[ERROR] {0} may not {1} on this path.\n")]
     Forbidden(String, &'static str),
+    #[error("[ERROR] Too many password checks at once; try again in a second.\n")]
+    Busy,
 }
 
 impl Denied {
-    /// 401 asks for credentials; 403 says these are not enough.
+    /// 401 asks for credentials; 403 says these are not enough; 429 asks
+    /// to come back.
     pub fn status(&self) -> u16 {
         match self {
             Denied::Forbidden(..) => 403,
+            Denied::Busy => 429,
             _ => 401,
         }
     }
+}
+
+/// What [`Auth::authorize`] found.
+#[derive(Debug)]
+pub enum Verdict {
+    Allowed,
+    /// A Basic password not seen before: checking it is slow on purpose
+    /// (bcrypt), so it is done off the request's thread by
+    /// [`Auth::check_password`].
+    Password(PasswordCheck),
+}
+
+/// A Basic password to check against its user's bcrypt hash.
+pub struct PasswordCheck {
+    user: String,
+    password: String,
+    hash: String,
+    /// The cache key of these credentials.
+    key: [u8; 32],
+    /// Whether the rule lets this user in, once the password is right.
+    admitted: bool,
+    action: Action,
+}
+
+impl std::fmt::Debug for PasswordCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCheck")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who the credentials name, or the password check that will tell.
+enum Identity {
+    Known(String),
+    Password(PasswordCheck),
 }
 
 /// Who a rule lets in.
@@ -133,10 +173,18 @@ pub struct Auth {
     verified: Mutex<HashMap<[u8; 32], String>>,
     jwt: Option<Jwt>,
     signing_key: Option<ring::hmac::Key>,
+    /// One bcrypt check at a time, on the blocking pool: wrong passwords
+    /// cannot take the workers that relay everyone else's bytes.
+    password_slot: tokio::sync::Semaphore,
+    /// Checks waiting for the slot.
+    password_queue: std::sync::atomic::AtomicUsize,
 }
 
 /// How many Basic credentials are remembered as checked.
 const VERIFIED_CACHE: usize = 1024;
+
+/// Password checks that may wait for the slot; more are told to retry.
+const PASSWORD_QUEUE: usize = 16;
 
 struct Jwt {
     hs256: Option<jsonwebtoken::DecodingKey>,
@@ -223,18 +271,21 @@ impl Auth {
             verified: Mutex::new(HashMap::new()),
             jwt,
             signing_key,
+            password_slot: tokio::sync::Semaphore::new(1),
+            password_queue: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
-    /// Decides whether a request may do `action` on `path`.
+    /// Decides whether a request may do `action` on `path`, except for a
+    /// Basic password not checked before, which it hands back.
     pub fn authorize(
         &self,
         path: &str,
         action: Action,
         credentials: &Credentials<'_>,
-    ) -> Result<(), Denied> {
+    ) -> Result<Verdict, Denied> {
         let Some(rule) = self.rules.iter().find(|r| path.starts_with(&r.prefix)) else {
-            return Ok(());
+            return Ok(Verdict::Allowed);
         };
         let needed: &[&Who] = match action {
             Action::Send => &[&rule.send],
@@ -242,35 +293,83 @@ impl Auth {
             Action::Both => &[&rule.send, &rule.receive],
         };
         if needed.iter().all(|who| matches!(who, Who::Anyone)) {
-            return Ok(());
+            return Ok(Verdict::Allowed);
         }
         if let Some(signed) = &credentials.signed {
             // A signed URL is a capability of its own: it grants what it
             // says on its exact path, whoever holds it.
             let allow = self.check_signed(path, signed, unix_now())?;
             return if allow.covers(action) {
-                Ok(())
+                Ok(Verdict::Allowed)
             } else {
                 Err(Denied::Forbidden("This signed URL".into(), action.as_str()))
             };
         }
-        let principal = self.identify(credentials)?;
+        let principal = match self.identify(credentials)? {
+            Identity::Known(principal) => principal,
+            Identity::Password(mut check) => {
+                check.admitted = needed.iter().all(|who| who.admits(&check.user));
+                check.action = action;
+                return Ok(Verdict::Password(check));
+            }
+        };
         if needed.iter().all(|who| who.admits(&principal)) {
-            Ok(())
+            Ok(Verdict::Allowed)
         } else {
             Err(Denied::Forbidden(format!("'{principal}'"), action.as_str()))
         }
     }
 
+    /// Checks a Basic password on the blocking pool, one at a time; a
+    /// right one is remembered for the next requests.
+    pub async fn check_password(&self, check: PasswordCheck) -> Result<(), Denied> {
+        use std::sync::atomic::Ordering;
+        struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let queued = Queued(&self.password_queue);
+        if self.password_queue.fetch_add(1, Ordering::Relaxed) >= PASSWORD_QUEUE {
+            return Err(Denied::Busy);
+        }
+        let Ok(_slot) = self.password_slot.acquire().await else {
+            return Err(Denied::Busy);
+        };
+        let (password, hash) = (check.password.clone(), check.hash.clone());
+        let right = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .is_ok_and(|verified| verified.unwrap_or(false));
+        drop(queued);
+        if !right {
+            return Err(Denied::Invalid("unknown user or wrong password"));
+        }
+        let mut verified = lock(&self.verified);
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(check.key, check.user.clone());
+        drop(verified);
+        if check.admitted {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden(
+                format!("'{}'", check.user),
+                check.action.as_str(),
+            ))
+        }
+    }
+
     /// The name behind the request's credentials.
-    fn identify(&self, credentials: &Credentials<'_>) -> Result<String, Denied> {
+    fn identify(&self, credentials: &Credentials<'_>) -> Result<Identity, Denied> {
         if let Some(value) = credentials.authorization {
             let value = std::str::from_utf8(value)
                 .map_err(|_| Denied::Invalid("the Authorization header is not text"))?;
             let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") {
-                return self.bearer(rest);
+                return self.bearer(rest).map(Identity::Known);
             }
             if scheme.eq_ignore_ascii_case("basic") {
                 return self.basic(rest);
@@ -278,7 +377,7 @@ impl Auth {
             return Err(Denied::Invalid("unknown Authorization scheme"));
         }
         match credentials.query_token {
-            Some(token) => self.bearer(token),
+            Some(token) => self.bearer(token).map(Identity::Known),
             None => Err(Denied::Missing),
         }
     }
@@ -294,7 +393,7 @@ impl Auth {
         }
     }
 
-    fn basic(&self, encoded: &str) -> Result<String, Denied> {
+    fn basic(&self, encoded: &str) -> Result<Identity, Denied> {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|_| Denied::Invalid("Basic credentials are not base64"))?;
@@ -305,21 +404,20 @@ impl Auth {
             .ok_or(Denied::Invalid("Basic credentials have no ':'"))?;
         let key = sha256(text.as_bytes());
         if let Some(name) = lock(&self.verified).get(&key) {
-            return Ok(name.clone());
+            return Ok(Identity::Known(name.clone()));
         }
         let hash = self
             .users
             .get(user)
             .ok_or(Denied::Invalid("unknown user or wrong password"))?;
-        if !bcrypt::verify(password, hash).unwrap_or(false) {
-            return Err(Denied::Invalid("unknown user or wrong password"));
-        }
-        let mut verified = lock(&self.verified);
-        if verified.len() >= VERIFIED_CACHE {
-            verified.clear();
-        }
-        verified.insert(key, user.to_string());
-        Ok(user.to_string())
+        Ok(Identity::Password(PasswordCheck {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            hash: hash.clone(),
+            key,
+            admitted: false,
+            action: Action::Send,
+        }))
     }
 
     fn check_signed(&self, path: &str, signed: &Signed<'_>, now: u64) -> Result<Action, Denied> {
@@ -508,6 +606,22 @@ mod tests {
     use super::*;
     use crate::settings::Settings;
 
+    /// `authorize`, with any password check run to its end.
+    fn decide(
+        auth: &Auth,
+        path: &str,
+        action: Action,
+        credentials: &Credentials<'_>,
+    ) -> Result<(), Denied> {
+        match auth.authorize(path, action, credentials)? {
+            Verdict::Allowed => Ok(()),
+            Verdict::Password(check) => tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(auth.check_password(check)),
+        }
+    }
+
     fn auth(toml: &str) -> Auth {
         let settings = Settings::parse(toml).expect("toml");
         Auth::from_settings(&settings.auth.expect("[auth]")).expect("auth")
@@ -547,47 +661,47 @@ mod tests {
     fn rules_pick_the_longest_prefix() {
         let auth = auth(RULES);
         let none = Credentials::default();
-        assert_eq!(auth.authorize("/open", Action::Send, &none), Ok(()));
+        assert_eq!(decide(&auth, "/open", Action::Send, &none), Ok(()));
         assert_eq!(
-            auth.authorize("/ci/x", Action::Send, &none),
+            decide(&auth, "/ci/x", Action::Send, &none),
             Err(Denied::Missing)
         );
         let ci = bearer("ci-token");
         assert_eq!(
-            auth.authorize("/ci/x", Action::Send, &with_header(&ci)),
+            decide(&auth, "/ci/x", Action::Send, &with_header(&ci)),
             Ok(())
         );
         // sha256("password")
         let ops = bearer("password");
         assert!(matches!(
-            auth.authorize("/ci/x", Action::Send, &with_header(&ops)),
+            decide(&auth, "/ci/x", Action::Send, &with_header(&ops)),
             Err(Denied::Forbidden(..))
         ));
         assert_eq!(
-            auth.authorize("/ci/x", Action::Receive, &with_header(&ops)),
+            decide(&auth, "/ci/x", Action::Receive, &with_header(&ops)),
             Ok(())
         );
         let wrong = bearer("nope");
         assert_eq!(
-            auth.authorize("/ci/x", Action::Receive, &with_header(&wrong)),
+            decide(&auth, "/ci/x", Action::Receive, &with_header(&wrong)),
             Err(Denied::Invalid("unknown token"))
         );
         let query = Credentials {
             query_token: Some("ci-token"),
             ..Credentials::default()
         };
-        assert_eq!(auth.authorize("/ci/x", Action::Both, &query), Ok(()));
+        assert_eq!(decide(&auth, "/ci/x", Action::Both, &query), Ok(()));
     }
 
     #[test]
     fn no_rules_means_credentials_everywhere() {
         let auth = auth("[auth]\n[[auth.tokens]]\nname = \"a\"\ntoken = \"t\"\n");
         assert_eq!(
-            auth.authorize("/x", Action::Receive, &Credentials::default()),
+            decide(&auth, "/x", Action::Receive, &Credentials::default()),
             Err(Denied::Missing)
         );
         assert_eq!(
-            auth.authorize("/x", Action::Receive, &with_header("bearer t")),
+            decide(&auth, "/x", Action::Receive, &with_header("bearer t")),
             Ok(())
         );
     }
@@ -607,13 +721,13 @@ mod tests {
             signed: Some(signed),
             ..Credentials::default()
         };
-        assert_eq!(auth.authorize("/ci/x", Action::Receive, &creds), Ok(()));
+        assert_eq!(decide(&auth, "/ci/x", Action::Receive, &creds), Ok(()));
         assert!(matches!(
-            auth.authorize("/ci/x", Action::Send, &creds),
+            decide(&auth, "/ci/x", Action::Send, &creds),
             Err(Denied::Forbidden(..))
         ));
         assert_eq!(
-            auth.authorize("/ci/y", Action::Receive, &creds),
+            decide(&auth, "/ci/y", Action::Receive, &creds),
             Err(Denied::Invalid("the signature does not match"))
         );
         let old = sign(&key, "/ci/x", Action::Both, 1000);
@@ -646,11 +760,11 @@ mod tests {
         );
         for _ in 0..2 {
             assert_eq!(
-                auth.authorize("/p", Action::Send, &with_header(&good)),
+                decide(&auth, "/p", Action::Send, &with_header(&good)),
                 Ok(())
             );
             assert!(matches!(
-                auth.authorize("/p", Action::Send, &with_header(&bad)),
+                decide(&auth, "/p", Action::Send, &with_header(&bad)),
                 Err(Denied::Invalid(_))
             ));
         }
@@ -677,7 +791,7 @@ mod tests {
             secret,
         );
         assert_eq!(
-            auth.authorize("/p", Action::Send, &with_header(&bearer(&good))),
+            decide(&auth, "/p", Action::Send, &with_header(&bearer(&good))),
             Ok(())
         );
         let expired = token(
@@ -685,7 +799,7 @@ mod tests {
             secret,
         );
         assert_eq!(
-            auth.authorize("/p", Action::Send, &with_header(&bearer(&expired))),
+            decide(&auth, "/p", Action::Send, &with_header(&bearer(&expired))),
             Err(Denied::Invalid("the JWT has expired"))
         );
         let forged = token(
@@ -693,7 +807,7 @@ mod tests {
             "another-secret-that-is-long-enough!!",
         );
         assert_eq!(
-            auth.authorize("/p", Action::Send, &with_header(&bearer(&forged))),
+            decide(&auth, "/p", Action::Send, &with_header(&bearer(&forged))),
             Err(Denied::Invalid("the JWT's signature does not match"))
         );
         let other_issuer = token(
@@ -701,7 +815,12 @@ mod tests {
             secret,
         );
         assert_eq!(
-            auth.authorize("/p", Action::Send, &with_header(&bearer(&other_issuer))),
+            decide(
+                &auth,
+                "/p",
+                Action::Send,
+                &with_header(&bearer(&other_issuer))
+            ),
             Err(Denied::Invalid("the JWT's issuer is not accepted"))
         );
     }

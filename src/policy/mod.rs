@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
 use crate::settings::{Limits, Settings};
-pub use auth::{Action, Credentials, Denied};
+pub use auth::{Action, Credentials, Denied, PasswordCheck, Verdict};
 
 /// The checked form of the reloadable settings.
 pub struct Policy {
@@ -64,15 +64,25 @@ impl Policy {
         }
     }
 
-    /// Whether credentials allow `action` on `path` (always, without auth).
+    /// Whether credentials allow `action` on `path` (always, without
+    /// auth); a new Basic password comes back to be checked with
+    /// [`Policy::check_password`].
     pub fn authorize(
         &self,
         path: &str,
         action: Action,
         credentials: &Credentials<'_>,
-    ) -> Result<(), Denied> {
+    ) -> Result<Verdict, Denied> {
         match &self.auth {
             Some(auth) => auth.authorize(path, action, credentials),
+            None => Ok(Verdict::Allowed),
+        }
+    }
+
+    /// Finishes a Basic check that [`Policy::authorize`] handed back.
+    pub async fn check_password(&self, check: PasswordCheck) -> Result<(), Denied> {
+        match &self.auth {
+            Some(auth) => auth.check_password(check).await,
             None => Ok(()),
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::body::{self, Body};
 use super::{expose, pages, sse, websocket};
 use crate::metrics::Rejection;
-use crate::policy::{Action, Credentials, Denied, Gate};
+use crate::policy::{Action, Credentials, Denied, Gate, PasswordCheck, Policy, Verdict};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
 
 const X_PIPING: HeaderName = HeaderName::from_static("x-piping");
@@ -119,6 +119,7 @@ impl Refusal {
             Refusal::Relay(relay::Reject::TooLarge(_)) => Rejection::TooLarge,
             Refusal::Relay(_) | Refusal::Room(_) | Refusal::WebSocket(_) => Rejection::Protocol,
             Refusal::Denied(Denied::Forbidden(..)) => Rejection::Forbidden,
+            Refusal::Denied(Denied::Busy) => Rejection::RateLimited,
             Refusal::Denied(_) => Rejection::Unauthorized,
             Refusal::RateLimited(_) => Rejection::RateLimited,
             Refusal::Undelivered(relay::Undelivered::ShuttingDown) => Rejection::ShuttingDown,
@@ -208,7 +209,19 @@ impl Handler {
         };
         self.gate.metrics.request();
         let route = match self.admit(&req) {
-            Ok(()) => self.route(req),
+            Ok(None) => self.route(req),
+            Ok(Some((policy, check))) => {
+                // A Basic password to check first, off this thread.
+                let this = self.clone();
+                Route::Later(Box::pin(async move {
+                    policy.check_password(check).await?;
+                    drop(policy);
+                    match this.route(req) {
+                        Route::Now(result) => result,
+                        Route::Later(later) => later.await,
+                    }
+                }))
+            }
             Err(refusal) => Route::Now(Err(refusal)),
         };
         match route {
@@ -220,7 +233,10 @@ impl Handler {
     /// The operator's checks, before anything reaches the relay: the
     /// client's request rate, then whether its credentials allow what it
     /// asks. Preflights and the reserved pages need no credentials.
-    fn admit<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
+    ///
+    /// A Basic password not seen before comes back, with the policy it
+    /// was found under, to be checked before the request goes on.
+    fn admit<B>(&self, req: &Request<B>) -> Result<Option<(Arc<Policy>, PasswordCheck)>, Refusal> {
         let policy = self.gate.policy();
         if let Some(peer) = self.peer {
             let forwarded = req
@@ -242,14 +258,14 @@ impl Handler {
             }
             None => match action_of(req) {
                 Some(action) => (std::borrow::Cow::Borrowed(req.uri().path()), action),
-                None => return Ok(()),
+                None => return Ok(None),
             },
         };
         if self.gate.metrics.draining() {
             return Err(relay::Undelivered::ShuttingDown.into());
         }
         if policy.auth.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let query = req.uri().query().unwrap_or("");
         let params: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
@@ -274,8 +290,10 @@ impl Handler {
             query_token: param("token"),
             signed,
         };
-        policy.authorize(&path, action, &credentials)?;
-        Ok(())
+        match policy.authorize(&path, action, &credentials)? {
+            Verdict::Allowed => Ok(None),
+            Verdict::Password(check) => Ok(Some((Arc::clone(&policy), check))),
+        }
     }
 
     fn route<B>(&self, req: Request<B>) -> Route
@@ -816,6 +834,9 @@ fn error_response(refusal: &Refusal) -> Response<Body> {
                 http::header::RETRY_AFTER,
                 HeaderValue::from(retry_after(*wait)),
             );
+        }
+        Refusal::Denied(Denied::Busy) => {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(1));
         }
         _ => {}
     }
