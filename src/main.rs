@@ -375,6 +375,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(args) => {
             let settings = settings.unwrap_or_default();
+            let settings_format = settings.log.format;
             let result = runtime(settings.threads).and_then(|rt| {
                 rt.block_on(node::run(
                     settings,
@@ -385,8 +386,13 @@ fn main() -> std::process::ExitCode {
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(error) => {
-                    // One line, the causes joined: no backtrace for a user's mistake.
-                    eprintln!("tubes: {error:#}");
+                    // One line, the causes joined: no backtrace for a user's
+                    // mistake; in the log's own format when it is JSON.
+                    if settings_format == LogFormat::Json {
+                        tracing::error!(error = format!("{error:#}"), "tubes stopped");
+                    } else {
+                        eprintln!("tubes: {error:#}");
+                    }
                     std::process::ExitCode::FAILURE
                 }
             }
@@ -545,12 +551,33 @@ fn sign(args: &SignArgs) -> anyhow::Result<String> {
     if !args.path.starts_with('/') {
         anyhow::bail!("the path must start with /");
     }
+    // Signed as clients send it: percent-encoded (what is encoded already
+    // stays so).
+    let path = percent_encoding::utf8_percent_encode(&args.path, PATH_ENCODE).to_string();
     let allow = auth::parse_action(&args.allow).context("--allow is send, receive or both")?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?;
     let exp = (now + *args.ttl).as_secs();
-    let query = auth::sign(&auth::signing_key(&key), &args.path, allow, exp);
+    let query = auth::sign(&auth::signing_key(&key), &path, allow, exp);
     let base = args.server.as_deref().unwrap_or("").trim_end_matches('/');
-    Ok(format!("{base}{}?{query}", args.path))
+    Ok(format!("{base}{path}?{query}"))
 }
+
+/// What `tubes sign` encodes in a path: what may not appear raw in one
+/// (RFC 3986 `pchar` and `/` stay, and `%` of what is encoded already).
+const PATH_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b']')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');

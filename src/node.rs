@@ -30,7 +30,10 @@ pub async fn run(
     reload_from: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let policy = Policy::from_settings(&settings).map_err(anyhow::Error::msg)?;
+    let policy = Policy::from_settings(&settings).map_err(|e| match &reload_from {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::Error::msg(e),
+    })?;
     let tls = tls_source(&settings)?;
     let relay = Relay::new(relay_config(&settings));
     let gate = Gate::new(policy, Metrics::default());
@@ -50,6 +53,8 @@ pub async fn run(
     };
     let mut servers = tokio::task::JoinSet::new();
     let mut watcher = None;
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut metrics_server = None;
     let host = settings.host;
 
     if let Some(address) = settings.metrics.address {
@@ -57,11 +62,17 @@ pub async fn run(
             .await
             .with_context(|| format!("cannot listen for metrics on {address}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving metrics");
-        servers.spawn(metrics::serve(
-            listener,
-            relay.clone(),
-            Arc::clone(&gate),
-            until_stopped(),
+        // Stopped last, so that scrapes and health checks see the drain.
+        metrics_server = Some((
+            tokio::spawn(metrics::serve(
+                listener,
+                relay.clone(),
+                Arc::clone(&gate),
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            )),
+            metrics_stop,
         ));
     }
 
@@ -145,6 +156,10 @@ pub async fn run(
     }
     while let Some(ended) = servers.join_next().await {
         ended??;
+    }
+    if let Some((server, stop)) = metrics_server {
+        let _ = stop.send(());
+        server.await??;
     }
     Ok(())
 }

@@ -31,8 +31,9 @@ pub struct ServeConfig {
     pub tls_handshake_timeout: Duration,
     /// An `Alt-Svc` value for every response (to advertise HTTP/3).
     pub alt_svc: Option<String>,
-    /// Bytes of an HTTP/2 header list.
-    pub max_header_bytes: usize,
+    /// Bytes of a request head: the HTTP/2 header list, and the HTTP/1
+    /// read buffer (hyper has no separate head limit). `None`: defaults.
+    pub max_header_bytes: Option<usize>,
     /// After shutdown, how long open connections may finish what they
     /// are doing before they are cut (their transfers then abort).
     pub grace: Duration,
@@ -46,7 +47,7 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             alt_svc: None,
-            max_header_bytes: 16 * 1024,
+            max_header_bytes: None,
             grace: Duration::ZERO,
             gate: Arc::default(),
         }
@@ -147,6 +148,10 @@ impl Builders {
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout);
+        if let Some(max) = config.max_header_bytes {
+            // hyper's floor is 8 KiB (the settings check says so too).
+            http1.max_buf_size(max.max(8192));
+        }
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -156,7 +161,13 @@ impl Builders {
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_frame_size(1 << 16)
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(
+                config
+                    .max_header_bytes
+                    .map_or(DEFAULT_H2_HEADER_LIST, |max| {
+                        u32::try_from(max).unwrap_or(u32::MAX)
+                    }),
+            )
             .max_send_buf_size(1 << 20)
             // WebSocket over HTTP/2 (RFC 8441).
             .enable_connect_protocol();
@@ -370,24 +381,46 @@ async fn accept_loop(
             }
         };
     }
-    // Stop accepting; let connections finish what they are doing, up to
-    // the grace period; then cut the rest (their transfers abort).
+    // Stop accepting; let running transfers finish, up to the grace
+    // period; give connections a moment to close after their last
+    // response (responses while draining ask for it); then cut the rest,
+    // so transfers still running abort. Idle keep-alive connections do not
+    // hold the shutdown up: only the relay's work does.
     drop(listener);
     drain.cancel();
     tracing::info!(open = connections.len(), grace = ?config.grace, "draining");
-    let finished = tokio::time::timeout(config.grace, async {
+    let started = tokio::time::Instant::now();
+    let relay = handler.relay().clone();
+    let (stats, idle) = relay
+        .wait_until(config.grace, |s| {
+            s.paths == 0 && s.pairs_joined == 0 && s.live_paths == 0
+        })
+        .await;
+    let rest = config
+        .grace
+        .saturating_sub(started.elapsed())
+        .min(CLOSE_TIME);
+    let _ = tokio::time::timeout(rest, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
-    if finished.is_err() {
+    if !idle {
         tracing::info!(
             open = connections.len(),
+            paths = stats.paths,
             "grace period over; aborting the rest"
         );
     }
     connections.shutdown().await;
     Ok(())
 }
+
+/// The HTTP/2 header list allowed when the settings say nothing.
+const DEFAULT_H2_HEADER_LIST: u32 = 16 * 1024;
+
+/// While draining, how long connections may take to close once nothing
+/// runs on the relay.
+const CLOSE_TIME: Duration = Duration::from_secs(1);
 
 /// The answer to a connection over the per-address limit.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 53\r\nConnection: close\r\n\r\n[ERROR] Too many open connections from your address.\n";

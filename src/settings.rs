@@ -138,8 +138,10 @@ pub struct Limits {
     /// Time a client may take to send a request head (slowloris).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Bytes of a request head (HTTP/1 buffer, HTTP/2 header list).
-    pub max_header_bytes: usize,
+    /// Bytes of a request head: the HTTP/2 header list, and for HTTP/1
+    /// the connection's read buffer (so small values also slow uploads
+    /// down). Unset: HTTP/2 16 KiB, HTTP/1 hyper's ~400 KB buffer.
+    pub max_header_bytes: Option<usize>,
     /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are
     /// believed (addresses or networks, e.g. `10.0.0.0/8`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -155,7 +157,7 @@ impl Default for Limits {
             request_burst: 100,
             max_transfer_bytes: 0,
             header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 16 * 1024,
+            max_header_bytes: None,
             trusted_proxies: Vec::new(),
         }
     }
@@ -262,9 +264,20 @@ impl Settings {
         })
     }
 
-    /// Parses settings from TOML text; the error is one line.
+    /// Parses settings from TOML text; the error is one line, with the
+    /// line of the file it is about.
     pub fn parse(text: &str) -> Result<Settings, String> {
-        toml::from_str(text).map_err(|e| e.message().trim().replace('\n', " "))
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let shown = text.lines().nth(line - 1).unwrap_or("").trim();
+                    format!("line {line} (`{shown}`): {message}")
+                }
+                None => message,
+            }
+        })
     }
 
     /// Resolves relative paths in the file against the file's folder.

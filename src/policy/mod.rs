@@ -37,7 +37,7 @@ impl Policy {
             .transpose()
             .map_err(|e| format!("[auth]: {e}"))?;
         let limits = settings.limits.clone();
-        if limits.max_header_bytes < 8192 {
+        if limits.max_header_bytes.is_some_and(|max| max < 8192) {
             return Err("[limits] max_header_bytes must be at least 8192".into());
         }
         if limits.wait_timeout.is_zero() || limits.header_read_timeout.is_zero() {
