@@ -723,6 +723,7 @@ function lineUpload(path, signal) {
       body,
       duplex: 'half',
       headers: { 'Content-Type': 'text/plain; charset=utf-8' },
+      cache: 'no-store',
       signal,
     });
     return {

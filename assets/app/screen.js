@@ -310,6 +310,7 @@ export function share(path, stream, { onStats } = {}) {
     body,
     duplex: 'half',
     headers: { 'Content-Type': writer.contentType },
+    cache: 'no-store',
     signal: aborter.signal,
   }).then(async (res) => {
     if (!res.ok) throw new TubesError((await res.text()).trim() || `the relay answered ${res.status}`);
@@ -353,7 +354,7 @@ export function watch(path, video, { onState } = {}) {
   const done = (async () => {
     if (!window.MediaSource) throw new TubesError('this browser cannot play a live stream (no Media Source Extensions)');
     onState?.('waiting for the screen…');
-    const res = await fetch(relayUrl(path, { live: true }), { signal: aborter.signal });
+    const res = await fetch(relayUrl(path, { live: true }), { cache: 'no-store', signal: aborter.signal });
     if (!res.ok) throw new TubesError((await res.text()).trim() || `the relay answered ${res.status}`);
     const contentType = res.headers.get('content-type') || '';
     const boundary = /boundary=("?)([^";]+)\1/i.exec(contentType)?.[2];

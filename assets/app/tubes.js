@@ -126,6 +126,12 @@ export class ByteQueue {
 }
 
 // ---------------------------------------------------------------- relay URLs
+//
+// Every request to the relay is made with `cache: 'no-store'`: a browser's
+// HTTP cache holds a lock on a URL while a GET to it waits for its
+// response (Chrome for up to 20 seconds), and a waiting Piping receiver
+// gets no response until its sender comes, so a PUT to the same URL from
+// the same browser would wait out that lock.
 
 /** A path as typed (`abc`, `/abc`, `a b/c`) made a relay path: each
  * segment percent-encoded, so `?` and `#` stay part of the path. */
@@ -550,7 +556,7 @@ export async function uploadStream(path, source, { query = {}, headers = {}, sig
       },
       { highWaterMark: 1 },
     );
-    const res = await fetch(relayUrl(path, query), { method: 'PUT', body, duplex: 'half', headers, signal });
+    const res = await fetch(relayUrl(path, query), { method: 'PUT', body, duplex: 'half', headers, cache: 'no-store', signal });
     if (!res.ok) throw await refusal(res);
     const log = await res.text();
     onLog?.(log);
@@ -634,14 +640,14 @@ export function uploadBlob(path, blob, { query = {}, headers = {}, signal, onPro
 /** PUTs a small message (a key share) and keeps reading the relay's log to
  * its end, as a Piping sender must. Resolves once the relay took it. */
 async function putMessage(path, bytes, signal) {
-  const res = await fetch(relayUrl(path), { method: 'PUT', body: bytes, signal });
+  const res = await fetch(relayUrl(path), { method: 'PUT', body: bytes, cache: 'no-store', signal });
   if (!res.ok) throw await refusal(res);
   res.text().catch(() => {});
 }
 
 /** GETs a small message of exactly `n` bytes. */
 async function getMessage(path, n, signal) {
-  const res = await fetch(relayUrl(path), { signal });
+  const res = await fetch(relayUrl(path), { cache: 'no-store', signal });
   if (!res.ok) throw await refusal(res);
   const bytes = new Uint8Array(await res.arrayBuffer());
   if (bytes.length !== n) throw new TubesError('the other side sent a malformed key-exchange message');
@@ -841,7 +847,7 @@ export async function openResponse(res, expect) {
 
 /** Starts receiving from `path` (with `?n=` when given). */
 export async function receive(path, { n, signal } = {}) {
-  const res = await fetch(relayUrl(path, { n: n > 1 ? n : undefined }), { signal });
+  const res = await fetch(relayUrl(path, { n: n > 1 ? n : undefined }), { cache: 'no-store', signal });
   if (!res.ok) throw await refusal(res);
   return res;
 }

@@ -280,6 +280,9 @@ fn noscript(query: Option<&str>) -> Response<Body> {
         .replace("{{text_checked}}", if text_mode { "checked" } else { "" })
         .replace("{{file_hidden}}", if text_mode { "hidden" } else { "" })
         .replace("{{text_hidden}}", if text_mode { "" } else { "hidden" })
+        // Only the shown field is sent: the relay passes on the first part.
+        .replace("{{file_disabled}}", if text_mode { "disabled" } else { "" })
+        .replace("{{text_disabled}}", if text_mode { "" } else { "disabled" })
         .replace(
             "{{send_disabled}}",
             if path.is_empty() { "disabled" } else { "" },
