@@ -99,3 +99,14 @@ fn vendor_bundle_is_reproducible() {
 fn text() {
     run_script("app-text.mjs", &[]);
 }
+
+#[test]
+fn files() {
+    run_script("app-files.mjs", &[]);
+}
+
+#[test]
+fn cli() {
+    let tubes = format!("--tubes={}", env!("CARGO_BIN_EXE_tubes"));
+    run_script("app-cli.mjs", &[&tubes]);
+}

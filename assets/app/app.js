@@ -439,6 +439,8 @@ async function startSend(event) {
     meter.finish();
     if (/\[INFO\] All receiver\(s\) was\/were received successfully\./.test(log)) {
       sendStatus('delivered: the relay confirms every receiver got it all.', 'ok');
+      send.entries = [];
+      renderFiles();
     } else if (/\[ERROR\]|aborted/.test(log)) {
       sendStatus(`not delivered: ${log.trim().split('\n').pop()}`, 'error');
     } else {

@@ -149,8 +149,15 @@ export async function receiveInApp(page, { target, secret = '', pass = '', n = 1
   await page.bringToFront();
   await page.click('#nav-receive');
   await page.fill('#recv-target', target);
-  if (secret || pass || n !== 1) {
-    await page.locator('#recv-more summary').click();
+  // The options of an earlier receive are cleared; the section is opened
+  // only when they are needed.
+  const options = !!(secret || pass || n !== 1);
+  await page.evaluate((open) => {
+    document.querySelector('#recv-more').open = open;
+    for (const id of ['#recv-secret', '#recv-pass']) document.querySelector(id).value = '';
+    document.querySelector('#recv-n').value = '1';
+  }, options);
+  if (options) {
     await page.fill('#recv-secret', secret);
     await page.fill('#recv-pass', pass);
     await page.fill('#recv-n', String(n));
