@@ -110,3 +110,13 @@ fn cli() {
     let tubes = format!("--tubes={}", env!("CARGO_BIN_EXE_tubes"));
     run_script("app-cli.mjs", &[&tubes]);
 }
+
+#[test]
+fn chat() {
+    run_script("app-chat.mjs", &[]);
+}
+
+#[test]
+fn screen() {
+    run_script("app-screen.mjs", &[]);
+}

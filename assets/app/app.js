@@ -786,19 +786,27 @@ async function startChat(role) {
   } else {
     $('chat-share').hidden = true;
   }
-  const upload = lineUpload(mine, aborter.signal);
+  // The upload has its own abort: leaving ends it cleanly once connected
+  // (so the other side sees a whole stream), and aborts it only before.
+  const uploadAborter = new AbortController();
+  let connected = false;
+  const upload = lineUpload(mine, uploadAborter.signal);
   chat.sendLine = (text) => {
     for (const line of text.split('\n')) {
       upload.send(`${line}\n`);
       chatLine('me', line);
     }
   };
-  chat.close = () => upload.close();
+  chat.close = () => {
+    if (connected) upload.close();
+    else uploadAborter.abort();
+  };
   upload.done.catch(() => {});
   chatStatus(`waiting for the other side to join “${name}”…`);
   $('chat-line').focus();
   try {
     const res = await tubes.receive(theirs, { signal: aborter.signal });
+    connected = true;
     chatStatus(`connected (sending through ${upload.how}).`, 'ok');
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let partial = '';
@@ -816,7 +824,7 @@ async function startChat(role) {
     chatStatus(aborter.signal.aborted ? 'you left the chat.' : `the chat broke off: ${errorText(e)}`, aborter.signal.aborted ? '' : 'error');
   } finally {
     try {
-      upload.close();
+      chat.close();
     } catch {
       /* already closed */
     }

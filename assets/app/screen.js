@@ -78,6 +78,7 @@ export class WebmCutter {
   /** Adds recorded bytes; returns the parts now complete. */
   push(bytes) {
     this.buf = this.buf.length ? concat([this.buf, bytes]) : bytes;
+    const parts = [];
     let at = 0;
     for (;;) {
       const h = elementHeader(this.buf, at);
@@ -92,6 +93,8 @@ export class WebmCutter {
         if (at + h.header + h.size > this.buf.length) break;
         const whole = this.buf.subarray(at, at + h.header + h.size);
         if (h.id === ID.Timecode) {
+          // Blocks so far are relative to the previous cluster's time.
+          parts.push(...this.flush());
           const value = this.buf.subarray(at + h.header, at + h.header + h.size);
           this.timecode = new Uint8Array(8);
           this.timecode.set(value, 8 - value.length);
@@ -113,6 +116,7 @@ export class WebmCutter {
         this.inSegment = true;
         at += h.header;
       } else if (h.id === ID.Cluster) {
+        parts.push(...this.flush());
         if (!this.init) this.init = concat(this.initParts);
         this.inCluster = true;
         this.clusterEnd = h.size === null ? null : offset + h.header + h.size;
@@ -128,7 +132,8 @@ export class WebmCutter {
     }
     this.consumed += at;
     this.buf = this.buf.slice(at);
-    return this.flush();
+    parts.push(...this.flush());
+    return parts;
   }
 
   /** The part of the blocks read so far, if any. */

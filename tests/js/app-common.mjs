@@ -60,7 +60,7 @@ export async function openApp(context, name, base, suffix = '/', { viewport = DE
       window.tubesReport?.({ type: 'error', message: `CSP violation: ${e.violatedDirective} ${e.blockedURI}` });
     });
   });
-  if (init) await real.addInitScript(init);
+  if (init) await real.addInitScript(...(Array.isArray(init) ? init : [init]));
   const response = await real.goto(base + suffix, { timeout: 20_000 });
   if (!response || response.status() !== 200) throw new Error(`${name}: GET ${suffix} gave ${response && response.status()}`);
   const csp = response.headers()['content-security-policy'];
