@@ -928,7 +928,9 @@ async function startWatching(event) {
   const video = $('share-video');
   video.srcObject = null;
   video.hidden = false;
-  const session = screen.watch(tubes.channelOf(name), video, { onState: (s) => shareStatus(s) });
+  const session = screen.watch(tubes.channelOf(name), video, {
+    onState: (s) => shareStatus(s === 'live' ? `watching “${name}” live.` : s, s === 'live' ? 'ok' : ''),
+  });
   screenState.session = session;
   screenBusy(true);
   try {

@@ -373,6 +373,7 @@ export function watch(path, video, { onState } = {}) {
     const queue = [];
     let buffer = null;
     let first = true;
+    let started = false;
     const pump = () => {
       if (!buffer || buffer.updating || !queue.length || source.readyState !== 'open') return;
       const part = queue.shift();
@@ -407,16 +408,22 @@ export function watch(path, video, { onState } = {}) {
           buffer.addEventListener('updateend', () => {
             // Stay near the live edge, and keep the buffer small.
             const b = video.buffered;
+            // Start once a second is buffered, so playback does not stall
+            // at once waiting for the next part.
+            if (video.paused && !started && b.length && b.end(b.length - 1) - b.start(0) >= 1) {
+              started = true;
+              video.currentTime = Math.max(b.start(0), b.end(b.length - 1) - 1);
+              video.play().catch(() => {});
+            }
             if (b.length) {
               const end = b.end(b.length - 1);
-              if (end - video.currentTime > 3) video.currentTime = Math.max(b.start(b.length - 1), end - 0.5);
+              if (end - video.currentTime > 3) video.currentTime = Math.max(b.start(b.length - 1), end - 1);
               else if (video.currentTime < b.start(0)) video.currentTime = b.start(0);
             }
             trim(false);
             pump();
           });
           onState?.('live');
-          video.play().catch(() => {});
         }
         if (queue.length > 40) queue.length = 0; // far behind: drop, catch up at the next keyframe
         queue.push(part);

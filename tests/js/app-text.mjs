@@ -26,6 +26,18 @@ await main(100_000, async () => {
     const a = await openApp(context, 'page A', base, '/#send');
     const b = await openApp(context, 'page B', base, '/#receive');
 
+    // How long the app took to load, and what it loaded.
+    const load = await a.page.evaluate(() => {
+      const nav = performance.getEntriesByType('navigation')[0];
+      const files = performance.getEntriesByType('resource').filter((r) => r.name.includes('/-/'));
+      return {
+        ms: Math.round(Math.max(nav.domContentLoadedEventEnd, ...files.map((r) => r.responseEnd))),
+        bytes: nav.encodedBodySize + files.reduce((n, r) => n + r.encodedBodySize, 0),
+        files: files.length + 1,
+      };
+    });
+    log(`the app loaded ${load.files} files, ${load.bytes} bytes, in ${load.ms} ms`);
+
     // Files of the app and the reserved prefix.
     const checks = await a.page.evaluate(async () => {
       const js = await fetch('/-/app.js');
