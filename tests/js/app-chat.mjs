@@ -66,7 +66,7 @@ await main(90_000, async () => {
       const how = await b.page.locator('#chat-message').textContent();
       if (suffixB.includes('upload=ws') !== /WebSocket/.test(how)) throw new Error(`B sends through: ${how}`);
       await conversation(a, b, label);
-      if (label.startsWith('streaming')) await screenshots(a.page, 'chat');
+      if (label.startsWith('streaming')) await screenshots(a.page, 'chat', { dark: true });
       await b.page.click('#chat-leave');
       await waitForText(a.page, '#chat-message', /the other side left/, STEP_MS, 'A is told B left');
       await waitForText(b.page, '#chat-message', /you left/, STEP_MS, 'B has left');

@@ -243,11 +243,17 @@ function screenshotDir() {
 
 /** Saves full-page screenshots of `page` at desktop and phone widths,
  * when the run was given a folder for them. */
-export async function screenshots(page, name) {
+export async function screenshots(page, name, { dark = false } = {}) {
   const dir = screenshotDir();
   if (!dir) return;
   mkdirSync(dir, { recursive: true });
   const original = page.viewportSize();
+  if (dark) {
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await page.setViewportSize(DESKTOP);
+    await page.screenshot({ path: join(dir, `${name}-dark-desktop.png`), fullPage: true });
+    await page.emulateMedia({ colorScheme: 'light' });
+  }
   for (const [label, size] of [
     ['desktop', DESKTOP],
     ['phone', PHONE],

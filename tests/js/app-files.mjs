@@ -3,7 +3,8 @@
 // - page A sends a file to a path; curl receives it, with its name;
 // - curl sends a file to a path; page B receives it as a download;
 // - page A sends three files (one with a long non-ASCII name) to a path as
-//   one tar archive; `curl | tar x` unpacks them;
+//   one tar archive; `curl | tar x` unpacks them; the same for two files
+//   dropped on the page;
 // - page A sends a file under a code (encrypted); page B saves it to disk
 //   as it arrives (the File System Access API; the test's picker gives a
 //   file of the origin's private file system, as no dialog can be clicked
@@ -106,6 +107,37 @@ await main(100_000, async () => {
     });
     await waitForText(a.page, '#send-message', /delivered/, STEP_MS, 'A is told the tar was delivered');
     log('three files as one tar: unpacked, each sha256 equal');
+
+    // Files dropped on the page (a drag and drop made in the page: the
+    // drop event carries a DataTransfer with two files).
+    const path4 = randomPath('app-drop').slice(1);
+    await a.page.bringToFront();
+    await a.page.click('#nav-send');
+    await a.page.check('input[name=what][value=files]');
+    await a.page.evaluate(() => {
+      const data = new DataTransfer();
+      data.items.add(new File(['dropped one\n'], 'one.txt', { type: 'text/plain' }));
+      data.items.add(new File(['dropped two\n'], 'two.txt', { type: 'text/plain' }));
+      const drop = document.querySelector('#drop');
+      for (const type of ['dragenter', 'dragover', 'drop']) {
+        drop.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+      }
+    });
+    const listed = await a.page.locator('#file-list .file-name').allTextContents();
+    if (JSON.stringify(listed) !== JSON.stringify(['one.txt', 'two.txt'])) throw new Error(`the dropped files list as ${JSON.stringify(listed)}`);
+    const unpacked2 = join(dir, 'unpacked2');
+    mkdirSync(unpacked2);
+    const tar2 = run('sh', ['-c', `curl -sSk --fail '${base}/${path4}' | tar -x -C '${unpacked2}'`], { ms: STEP_MS });
+    await a.page.check('input[name=to][value=path]');
+    await a.page.fill('#send-path', path4);
+    await a.page.selectOption('#send-protect', 'none');
+    await a.page.click('#send-button');
+    if ((await tar2).code !== 0) throw new Error('curl | tar x of the dropped files failed');
+    for (const [n, text] of [['one.txt', 'dropped one\n'], ['two.txt', 'dropped two\n']]) {
+      if (readFileSync(join(unpacked2, n), 'utf8') !== text) throw new Error(`${n} differs after the drop`);
+    }
+    await waitForText(a.page, '#send-message', /delivered/, STEP_MS, 'A is told the dropped files were delivered');
+    log('two dropped files: sent as a tar, unpacked, equal');
 
     // Page to page under a code, saved to disk as it arrives.
     const big = join(dir, 'big.bin');
