@@ -357,7 +357,9 @@ function mseType(type) {
 export function watch(path, video, { onState } = {}) {
   const aborter = new AbortController();
   const done = (async () => {
-    if (!window.MediaSource) throw new TubesError('this browser cannot play a live stream (no Media Source Extensions)');
+    // iPhone Safari has only the "managed" variant (iOS 17.1 and later).
+    const Source = window.MediaSource || window.ManagedMediaSource;
+    if (!Source) throw new TubesError('this browser cannot play a live stream (no Media Source Extensions)');
     onState?.('waiting for the screen…');
     const res = await fetch(relayUrl(path, { live: true }), { cache: 'no-store', signal: aborter.signal });
     if (!res.ok) throw new TubesError((await res.text()).trim() || `the relay answered ${res.status}`);
@@ -366,7 +368,8 @@ export function watch(path, video, { onState } = {}) {
     if (!/^multipart\/x-mixed-replace/i.test(contentType) || !boundary) {
       throw new TubesError(`${path} is not a shared screen (it is ${contentType || 'untyped'})`);
     }
-    const source = new MediaSource();
+    const source = new Source();
+    if (Source !== window.MediaSource) video.disableRemotePlayback = true;
     video.src = URL.createObjectURL(source);
     await new Promise((resolve) => source.addEventListener('sourceopen', resolve, { once: true }));
     const reader = new PartReader(boundary);
@@ -402,7 +405,7 @@ export function watch(path, video, { onState } = {}) {
       for (const part of reader.push(value)) {
         if (!buffer) {
           const type = mseType(part.type);
-          if (!MediaSource.isTypeSupported(type)) throw new TubesError(`this browser cannot play ${type}`);
+          if (!Source.isTypeSupported(type)) throw new TubesError(`this browser cannot play ${type}`);
           buffer = source.addSourceBuffer(type);
           buffer.mode = 'sequence';
           buffer.addEventListener('updateend', () => {

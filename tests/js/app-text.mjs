@@ -16,7 +16,7 @@
 import { baseUrl, launch, log, main, randomPath } from './browser-common.mjs';
 import { FOREGROUND_ARGS, failOnError, openApp, receiveInApp, run, screenshots, sendFromApp, shownCode, waitForText } from './app-common.mjs';
 
-const TEXT = 'hello from page A\nsecond line: ünïcødé ✓ 日本\n<b>not bold</b>\n';
+const TEXT = 'hello from page A\nsecond line: ünïcødé ✓ ελληνικά\n<b>not bold</b>\n';
 const STEP_MS = 20_000;
 
 await main(100_000, async () => {
