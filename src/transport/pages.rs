@@ -103,7 +103,8 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// The total size of the web app's files, in bytes.
-pub fn app_size() -> usize {
+#[cfg(test)]
+fn app_size() -> usize {
     ASSETS.iter().map(|a| a.body.len()).sum()
 }
 
@@ -383,6 +384,12 @@ mod tests {
         assert_eq!(get("/-/nothing.js", None).status(), StatusCode::NOT_FOUND);
         assert_eq!(get("/-", None).status(), StatusCode::NOT_FOUND);
         assert!(app_size() > 0);
+    }
+
+    /// docs/web-app.md states the size; keep it small.
+    #[test]
+    fn the_app_stays_small() {
+        assert!(app_size() < 200_000, "the web app is {} bytes", app_size());
     }
 
     #[test]

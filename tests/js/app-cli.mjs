@@ -3,7 +3,8 @@
 // - `tubes send FILE` (a code) to page B, and a wrong code typed in the
 //   page fails on both sides;
 // - page A under a code to `tubes recv CODE`, one file and then two files
-//   (a tar the client unpacks);
+//   (a tar the client unpacks), and one file from a page on the WebSocket
+//   fallback (`?upload=ws`);
 // - `tubes send FOLDER` to page B (a download of FOLDER.tar, unpacked here);
 // - passphrases both ways (`--path P --pass`), and `--path P --encrypt` to
 //   page B with the three words the client printed.
@@ -137,6 +138,22 @@ await main(100_000, async () => {
       if (readFileSync(join(out2, 'notes ü.txt'), 'utf8') !== 'second file\n') throw new Error('notes ü.txt differs after unpacking');
       await waitForText(a.page, '#send-message', /delivered/, STEP_MS, 'A is told the tar was delivered');
       log('page (two files) -> tubes recv: unpacked, equal');
+    }
+
+    // The same from a page on the WebSocket fallback (as a browser that
+    // cannot stream an upload sends): the client cannot tell.
+    {
+      const c = await openApp(context, 'page C (WebSocket)', base, '/?upload=ws#send');
+      await sendFromApp(c.page, { files: [file], to: 'code' });
+      const code = await shownCode(c.page);
+      const out = join(dir, 'recv-ws');
+      mkdirSync(out);
+      await expectExit(client(['recv', code], { cwd: out }), 0, 'tubes recv from the WebSocket fallback');
+      if (sha256(readFileSync(join(out, 'report.bin'))) !== sha256(bytes)) throw new Error('WebSocket fallback: tubes recv wrote other bytes');
+      await waitForText(c.page, '#send-message', /sent/, STEP_MS, 'C is told it was sent');
+      failOnError(c.inbox);
+      await c.page.close();
+      log(`page on the WebSocket fallback -> tubes recv under ${code}: sha256 equal`);
     }
 
     // tubes send FOLDER to the page: a .tar download.
