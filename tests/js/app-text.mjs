@@ -1,6 +1,7 @@
 // The web app's text transfers and its hygiene, in Chromium:
 // - the page's CSP header is the strict one, the app's files have their
 //   types, and sending to the reserved prefix /-/ is refused;
+// - every control is labelled, and the keyboard alone opens a screen;
 // - the encryption test vectors of docs/encryption.md, computed by the
 //   page's own modules (WebCrypto + the bundled @noble/curves);
 // - text from page A to page B over a plain path, then under a code
@@ -102,6 +103,29 @@ await main(100_000, async () => {
       if (v[k] !== x) throw new Error(`vector ${k}: page computed ${v[k]}, docs/encryption.md says ${x}`);
     }
     log('the page computes every vector of docs/encryption.md');
+
+    // Every control has a name a screen reader can say, and the screens
+    // can be reached with the keyboard alone.
+    const unnamed = await b.page.evaluate(() =>
+      [...document.querySelectorAll('input, select, textarea, button')]
+        .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map((e) => e.id || e.outerHTML.slice(0, 60)),
+    );
+    if (unnamed.length) throw new Error(`controls without a label: ${JSON.stringify(unnamed)}`);
+    await b.page.bringToFront();
+    await b.page.evaluate(() => document.activeElement?.blur());
+    let reached = null;
+    for (let i = 0; i < 10 && reached !== 'nav-chat'; i++) {
+      await b.page.keyboard.press('Tab');
+      reached = await b.page.evaluate(() => document.activeElement?.id);
+    }
+    if (reached !== 'nav-chat') throw new Error('Tab does not reach the Chat link');
+    await b.page.keyboard.press('Enter');
+    const visible = await b.page.evaluate(() => !document.querySelector('#screen-chat').hidden && document.querySelector('#screen-receive').hidden);
+    if (!visible) throw new Error('Enter on the Chat link does not open the chat');
+    const outline = await b.page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    if (outline === 'none') throw new Error('the focused link shows no outline');
+    log('every control is labelled; the keyboard reaches and opens a screen, with a visible focus');
 
     // Text over a plain path, receiver first.
     const path = randomPath('app-text').slice(1);
