@@ -32,9 +32,12 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
 fi
 
-# The npm reference server for the differential test and playwright-core for
-# the browser test, pinned by the lock file.
-if [ ! -d tests/js/node_modules/piping-server ] || [ ! -d tests/js/node_modules/playwright-core ]; then
+# The npm reference server for the differential test, playwright-core for
+# the browser tests, and what assets/app/vendor.js is built from (esbuild,
+# @noble/curves, uqr), pinned by the lock file.
+if [ ! -d tests/js/node_modules/piping-server ] || [ ! -d tests/js/node_modules/playwright-core ] \
+  || [ ! -d tests/js/node_modules/esbuild ] || [ ! -d tests/js/node_modules/@noble/curves ] \
+  || [ ! -d tests/js/node_modules/uqr ]; then
   npm ci --prefix tests/js --no-audit --no-fund
 fi
 

@@ -78,10 +78,6 @@ enum Refusal {
     Undelivered(#[from] relay::Undelivered),
     #[error("{0}")]
     Expose(#[from] expose::ExposeRefusal),
-    #[error(
-        "[ERROR] Unknown path '{0}' (the paths under /-/ are Tubes' own; /help lists them).\n"
-    )]
-    Unknown(String),
 }
 
 /// Whole seconds to wait, at least one.
@@ -107,7 +103,6 @@ impl Refusal {
                 StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Unknown(_) => StatusCode::NOT_FOUND,
             Refusal::Undelivered(relay::Undelivered::ShuttingDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -342,10 +337,6 @@ impl Handler {
             if let Some(page) = reserved {
                 return Route::Now(Ok(pages::render(page, &req, self.tls)));
             }
-        }
-        if req.uri().path().starts_with("/-/") {
-            // Tubes' own namespace: never a path to relay on.
-            return Route::Now(Err(Refusal::Unknown(req.uri().path().to_owned())));
         }
         let live = query_value(req.uri().query(), "live").is_some();
         if query_value(req.uri().query(), "room").is_some()

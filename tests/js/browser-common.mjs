@@ -97,9 +97,10 @@ export class Inbox {
 
 /**
  * Launches headless Chromium with a fresh profile in a temp dir. Returns the
- * browser context and a `close` that also removes the profile.
+ * browser context and a `close` that also removes the profile. `extraArgs`
+ * go to Chromium as well.
  */
-export async function launch() {
+export async function launch(extraArgs = []) {
   const userDataDir = mkdtempSync(join(tmpdir(), 'tubes-chromium-'));
   // playwright-core refuses `--user-data-dir` in `args`: the persistent
   // context passes it to Chromium itself.
@@ -115,6 +116,7 @@ export async function launch() {
         '--disable-component-update',
         '--disable-sync',
         '--ignore-certificate-errors',
+        ...extraArgs,
       ],
       ignoreHTTPSErrors: true,
       timeout: 30_000,
