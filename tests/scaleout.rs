@@ -235,17 +235,15 @@ fn render_site(site: &str, nodes: &[SocketAddr], http: u16, https: u16, dir: &Pa
                 });
                 servers += 1;
                 // Keep the parameters (max_fails, fail_timeout) as shipped.
-                let params = trimmed
-                    .split_once(char::is_whitespace)
-                    .map(|(_, rest)| rest);
-                let params = params
-                    .and_then(|rest| rest.trim_start().split_once(char::is_whitespace))
-                    .map_or(";", |(_, params)| params);
+                let params = match words.get(2..) {
+                    Some(rest) if !rest.is_empty() => rest.join(" "),
+                    _ => ";".to_owned(),
+                };
                 Some(format!("{indent}server {node} {params}"))
             }
             Some("listen") => {
                 let address = words.get(1).copied().unwrap_or("");
-                let rest = words[2..].join(" ");
+                let rest = words.get(2..).unwrap_or_default().join(" ");
                 if address.starts_with('[') {
                     dropped += 1;
                     Some(String::new()) // no IPv6 listeners in the test
