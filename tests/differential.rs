@@ -47,6 +47,10 @@
 //!    `X-Accel-Buffering: no` to every response of a sender, a receiver
 //!    or a rejection, so buffering proxies (nginx) pass streams on as they
 //!    come and nothing relayed is cached; the reference sends neither.
+//! 5. `sandboxed-receivers`: a receiver's `200` carries
+//!    `Content-Security-Policy: sandbox`, so a stream opened from the
+//!    relay's URL never runs scripts as the relay's origin (the `text/html`
+//!    rewrite alone leaves SVG and XML documents).
 //! 4. Reserved pages `/`, `/noscript`, `/help`, `/version`: their contents
 //!    are each server's own (web UI, version, this server's URL, a CSP
 //!    nonce), so only the status, `Content-Type` and
@@ -888,11 +892,24 @@ const DIFFERENCES: &[Difference] = &[
         rewrite: html_media_type_any_case,
     },
     Difference {
+        name: "sandboxed-receivers",
+        why: "a stream opened from the relay's URL is a sandboxed document: Content-Security-Policy: sandbox on receivers' responses",
+        rewrite: sandboxed_receivers,
+    },
+    Difference {
         name: "no-buffering-headers",
         why: "proxies must pass streams on as they come and never cache them (issue 9): Cache-Control: no-store and X-Accel-Buffering: no on senders', receivers' and rejections' responses",
         rewrite: no_buffering_headers,
     },
 ];
+
+fn sandboxed_receivers(seen: &mut Seen) -> bool {
+    if seen.role != Role::Receiver || seen.status != 200 {
+        return false;
+    }
+    seen.set_header("content-security-policy", "sandbox".to_string());
+    true
+}
 
 fn no_buffering_headers(seen: &mut Seen) -> bool {
     // (204 and 404 are /favicon.ico and /robots.txt, reserved pages.)

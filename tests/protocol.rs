@@ -449,6 +449,9 @@ async fn forwarded_headers(proto: Proto) {
         // proxies not to buffer or cache the stream (issue 9).
         "cache-control",
         "x-accel-buffering",
+        // Whatever the stream claims to be, no script of it runs as the
+        // relay's origin.
+        "content-security-policy",
         "date",
         "connection",
         "transfer-encoding",

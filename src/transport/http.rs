@@ -12,7 +12,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ALLOW,
-    CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE,
+    CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -556,7 +556,16 @@ fn receiver_response(delivery: Option<relay::Delivery>) -> Response<Body> {
     }
     headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("none"));
     no_buffering(headers);
+    sandboxed(headers);
     response
+}
+
+/// Whatever a sender claims its stream is, a browser that opens it from
+/// the relay's URL treats it as a document of no origin, without scripts:
+/// the `text/html` rewrite alone leaves SVG and XML documents, which run
+/// scripts too.
+fn sandboxed(headers: &mut HeaderMap) {
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
 }
 
 /// Asks proxies and caches on the way to pass a stream on as it comes:
@@ -700,12 +709,9 @@ async fn live_response(
                 headers.insert(CONTENT_DISPOSITION, v);
             }
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-            headers.insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-cache"),
-            );
-            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            no_buffering(headers);
             headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("none"));
+            sandboxed(headers);
             response
         }
     }
