@@ -248,6 +248,25 @@ impl Collector for RelayState {
         for (outcome, value) in [("completed", totals.completed), ("aborted", totals.aborted)] {
             ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
         }
+        let histogram = prometheus_client::metrics::histogram::Histogram::new([1.0]);
+        let mut metric = encoder.encode_descriptor(
+            "transfer_seconds",
+            "How long transfers ran, from the start to their end (whole or cut)",
+            None,
+            histogram.metric_type(),
+        )?;
+        let buckets: Vec<(f64, u64)> = crate::relay::DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(totals.durations)
+            .collect();
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            totals.duration_sum,
+            totals.durations.iter().sum(),
+            &buckets,
+            None,
+        )?;
         let bytes = ConstCounter::new(totals.bytes);
         let metric = encoder.encode_descriptor(
             "relayed_bytes",
@@ -362,6 +381,7 @@ mod tests {
             "tubes_transfers_total{outcome=\"completed\"} 0",
             "tubes_relayed_bytes_total 0",
             "tubes_receiver_wait_seconds_count 1",
+            "tubes_transfer_seconds_count 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

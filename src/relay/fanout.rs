@@ -116,6 +116,7 @@ pub(super) async fn run_sender(task: SenderTask) {
     let mut outcome = Outcome {
         totals,
         complete: false,
+        started: std::time::Instant::now(),
     };
     let mut outs = Vec::with_capacity(receivers.len());
     for receiver in receivers {
@@ -231,10 +232,12 @@ pub(super) async fn run_sender(task: SenderTask) {
 struct Outcome<'a> {
     totals: &'a super::Totals,
     complete: bool,
+    started: std::time::Instant,
 }
 
 impl Drop for Outcome<'_> {
     fn drop(&mut self) {
+        self.totals.record_duration(self.started.elapsed());
         let counter = if self.complete {
             &self.totals.completed
         } else {

@@ -87,10 +87,31 @@ struct Totals {
     completed: AtomicU64,
     aborted: AtomicU64,
     bytes: AtomicU64,
+    /// Ended transfers by duration: one count per bucket of
+    /// [`DURATION_BUCKETS`] and one past the last; and their sum in ms.
+    durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_sum_ms: AtomicU64,
+}
+
+/// Upper bounds, in seconds, of the transfer duration histogram.
+pub const DURATION_BUCKETS: [f64; 8] = [0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0];
+
+impl Totals {
+    /// Counts one ended transfer's duration.
+    fn record_duration(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.durations[bucket].fetch_add(1, Ordering::Relaxed);
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.duration_sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of [`Relay::totals`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TotalsSnapshot {
     /// Transfers that started (all peers met).
     pub started: u64,
@@ -100,6 +121,11 @@ pub struct TotalsSnapshot {
     pub aborted: u64,
     /// Bytes read from senders of started transfers.
     pub bytes: u64,
+    /// Ended transfers per bucket of [`DURATION_BUCKETS`] (not
+    /// cumulative), the last one past the last bound.
+    pub durations: [u64; DURATION_BUCKETS.len() + 1],
+    /// Their summed duration, in seconds.
+    pub duration_sum: f64,
 }
 
 /// The registry of paths. Cheap to clone; all clones share one registry.
@@ -436,6 +462,8 @@ impl Relay {
             completed: t.completed.load(Ordering::Relaxed),
             aborted: t.aborted.load(Ordering::Relaxed),
             bytes: t.bytes.load(Ordering::Relaxed),
+            durations: std::array::from_fn(|i| t.durations[i].load(Ordering::Relaxed)),
+            duration_sum: t.duration_sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         }
     }
 
