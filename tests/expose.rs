@@ -1159,3 +1159,69 @@ async fn a_name_is_free_once_its_grace_period_is_over() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_limits_open_timeouts_and_silent_hosts() {
+    let server = relay(NamesConfig {
+        control_idle: Duration::from_millis(1500),
+        open_timeout: Duration::from_secs(2),
+        max_channels_per_name: 2,
+        ..NamesConfig::default()
+    })
+    .await;
+    // A host that registers, then never reads again: it answers no ping
+    // and opens no channel.
+    let (answer, _silent) = register(server.addr, "mute", "the-mute-secret-0123456789").await;
+    assert!(matches!(answer, ToHost::Registered { .. }), "{answer:?}");
+    let connect = |addr: SocketAddr| async move {
+        let url = format!("ws://{addr}/-/connect/mute");
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => Err("a channel opened with no host to open it".to_owned()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Ok((
+                response.status().as_u16(),
+                text(response.body().as_deref().unwrap_or_default()),
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let first = tokio::spawn(connect(server.addr));
+    let second = tokio::spawn(connect(server.addr));
+    server
+        .wait_for("two channels asked for", |s| s.name_channels == 2)
+        .await;
+    // A third is refused at once: two is the most per name here.
+    let third = tokio::time::timeout(LIMIT, connect(server.addr))
+        .await
+        .expect("the refusal in time");
+    assert_eq!(
+        third,
+        Ok((
+            429,
+            "[ERROR] The host 'mute' has as many channels as it allows; try again later.\n"
+                .to_owned()
+        ))
+    );
+    // The two waiting ones give up after the open timeout.
+    for waiting in [first, second] {
+        let got = tokio::time::timeout(LIMIT, waiting)
+            .await
+            .expect("the timeout in time")
+            .expect("the task");
+        assert_eq!(
+            got,
+            Ok((
+                504,
+                "[ERROR] The host 'mute' did not open the channel within 2 s.\n".to_owned()
+            ))
+        );
+    }
+    // The silent control connection is dropped; the name waits out its
+    // grace period.
+    server
+        .wait_for("the silent host dropped", |s| {
+            s.names_held == 0 && s.name_channels == 0
+        })
+        .await;
+    assert_eq!(server.relay.stats().names, 1);
+    server.stop().await;
+}

@@ -215,6 +215,9 @@ async fn serve(mut socket: Socket, relay: &Relay, mut registration: Registration
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= idle {
                     tracing::info!(name = %registration.name, "a silent control connection was dropped");
+                    // The name's grace period starts now, not after the
+                    // closing handshake a silent host may never answer.
+                    drop(registration);
                     closing(&mut socket, CloseCode::Away, "silent for too long").await;
                     return;
                 }
