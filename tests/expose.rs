@@ -602,6 +602,15 @@ async fn a_local_http_server_is_reached_through_the_relay() {
         .arg(format!("{base}/-/host/nobody/hello"));
     let missing = text(&success(run(c, LIMIT).await, "unknown name", &context));
     assert_eq!(missing, "[ERROR] No host is registered as 'nobody'.\n404");
+    // The rest of /-/ is reserved: no Piping sender there.
+    let mut c = curl(&tmp);
+    c.args(["-w", "%{http_code}", "--data-binary", "x"])
+        .arg(format!("{base}/-/mine"));
+    let refused = text(&success(run(c, LIMIT).await, "POST /-/mine", &context));
+    assert_eq!(
+        refused,
+        "[ERROR] Cannot send to the reserved path '/-/mine'. (e.g. '/mypath123')\n400"
+    );
 
     // 100 requests in flight at once, each on its own channel.
     let dir = tmp.join("parallel");

@@ -206,4 +206,5 @@ function wirePage() {
   });
 }
 
-wirePage();
+// Imported from another page, the module only gives its functions.
+if (document.getElementById('host-form')) wirePage();

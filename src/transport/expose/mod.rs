@@ -38,6 +38,8 @@ pub enum ExposeRefusal {
     WebSocket(#[from] WsRefusal),
     #[error("[ERROR] Unknown path '{0}' (the paths under /-/ are listed in /help).\n")]
     Unknown(String),
+    #[error("[ERROR] Cannot send to the reserved path '{0}'. (e.g. '/mypath123')\n")]
+    ReservedPath(String),
     #[error("[ERROR] '{0}' takes a WebSocket.\n")]
     NeedsWebSocket(String),
     #[error("[ERROR] Unsupported method: {0}.\n")]
@@ -65,6 +67,7 @@ impl ExposeRefusal {
             },
             ExposeRefusal::WebSocket(_) => StatusCode::BAD_REQUEST,
             ExposeRefusal::Unknown(_) => StatusCode::NOT_FOUND,
+            ExposeRefusal::ReservedPath(_) => StatusCode::BAD_REQUEST,
             ExposeRefusal::NeedsWebSocket(_) => StatusCode::UPGRADE_REQUIRED,
             ExposeRefusal::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ExposeRefusal::NoAnswer(..) => StatusCode::GATEWAY_TIMEOUT,
@@ -123,6 +126,11 @@ where
         return Intercepted::Passed(req);
     }
     let path = path.to_owned();
+    let sending = req.method() == Method::POST || req.method() == Method::PUT;
+    if sending && !path.starts_with(HOST_PREFIX) {
+        // As for every reserved path: no Piping sender here.
+        return Intercepted::Taken(now(Err(ExposeRefusal::ReservedPath(path))));
+    }
     if path == CONTROL_PATH {
         return Intercepted::Taken(now(control::accept(relay, req, tls)));
     }
