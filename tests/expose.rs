@@ -1234,3 +1234,140 @@ async fn channel_limits_open_timeouts_and_silent_hosts() {
     assert_eq!(server.relay.stats().names, 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_over_plain_http_serves_http_and_tcp() {
+    let server = relay(NamesConfig::default()).await;
+    let local = local_server().await;
+    let tmp = Tmp::new("plain");
+    let base = server.url("");
+    let port = local.addr.port().to_string();
+    // A port nothing listens on: its channels are refused.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+        .to_string();
+    let (mut host, _) = expose(
+        &tmp,
+        &base,
+        &[
+            &port,
+            "--tcp",
+            &port,
+            "--tcp",
+            &closed,
+            "--name",
+            "plain",
+            "--http-only",
+        ],
+        true,
+    )
+    .await;
+    let context = || host.log();
+
+    // HTTP, a large streamed response and a WebSocket, over the host's
+    // two HTTP streams per channel.
+    let mut c = curl(&tmp);
+    c.arg(format!("{base}/-/host/plain/hello"));
+    let hello = text(&success(run(c, LIMIT).await, "curl /hello", &context));
+    assert!(hello.starts_with("hello path=/hello "), "{hello}");
+    let mut c = curl(&tmp);
+    c.arg(format!("{base}/-/host/plain/big"));
+    let body = success(run(c, LIMIT).await, "curl /big", &context);
+    assert!(
+        body.len() == BIG && sha256(&body) == sha256(&local.state.big),
+        "/big: {} bytes, or other bytes",
+        body.len()
+    );
+    let ws = format!("ws://{}/-/host/plain/ws", server.addr);
+    if let Err(e) = websocket_echo(&ws, None).await {
+        panic!("WebSocket through a plain-HTTP host: {e}\n{}", context());
+    }
+
+    // Raw TCP, half-closed by the client: the request, then the reply.
+    let mut c = tubes(
+        &tmp,
+        &[
+            "tunnel",
+            "client",
+            "--exposed",
+            "--stdio",
+            "plain",
+            "-s",
+            &base,
+        ],
+    );
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let (mut child, _group) = spawn_group(&mut c, "tubes tunnel client --exposed --stdio");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"GET /hello HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write the request");
+    } // stdin closed: the end of the client's direction
+    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("the reply in time")
+        .expect("the client's output");
+    let reply = text(&out.stdout);
+    assert!(
+        out.status.success()
+            && reply.contains(" 200 OK")
+            && reply.ends_with("hello path=/hello host=- prefix=- proto=-\n"),
+        "{}: {reply:?} {}\n{}",
+        out.status,
+        text(&out.stderr),
+        context()
+    );
+
+    // A service that is down is refused at once (not after the open
+    // timeout).
+    let service = format!("tcp/{closed}");
+    let started = std::time::Instant::now();
+    let refused = run(
+        tubes(
+            &tmp,
+            &[
+                "tunnel",
+                "client",
+                "--exposed",
+                "--stdio",
+                "--service",
+                &service,
+                "plain",
+                "-s",
+                &base,
+            ],
+        ),
+        LIMIT,
+    )
+    .await
+    .expect("the refused client ends");
+    let stderr = text(&refused.stderr);
+    assert!(
+        refused.status.code() == Some(3)
+            && stderr.contains("502")
+            && stderr.contains("could not serve this"),
+        "{}: {stderr}\n{}",
+        refused.status,
+        context()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+
+    host.kill().await;
+    server
+        .wait_for("the host gone, every channel closed", |s| {
+            s.names_held == 0 && s.name_channels == 0
+        })
+        .await;
+    server.stop().await;
+}
