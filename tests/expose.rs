@@ -384,7 +384,10 @@ async fn local_server() -> Local {
                     let state = Arc::clone(&state);
                     async move { Ok::<_, Infallible>(route(req, state).await) }
                 });
+                // Half-closes allowed: a client may end its direction and
+                // still want the reply (hyper closes at once otherwise).
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .half_close(true)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await;
@@ -547,7 +550,13 @@ async fn a_local_http_server_is_reached_through_the_relay() {
     let tmp = Tmp::new("http");
     let base = server.url("");
     let port = local.addr.port().to_string();
-    let (mut host, secret) = expose(&tmp, &base, &[&port, "--name", "web"], true).await;
+    let (mut host, secret) = expose(
+        &tmp,
+        &base,
+        &[&port, "--name", "web", "--host", "127.0.0.1"],
+        true,
+    )
+    .await;
     let context = || host.log();
     let printed = host.line_with("/-/host/web/").await;
     assert!(
@@ -862,7 +871,13 @@ async fn sshd_exposed_with_tcp_is_reached_by_ssh() {
     let sshd = Sshd::start(&tmp).await;
     let base = server.url("");
     let port = sshd.addr.port().to_string();
-    let (mut host, _) = expose(&tmp, &base, &["--tcp", &port, "--name", "box"], false).await;
+    let (mut host, _) = expose(
+        &tmp,
+        &base,
+        &["--tcp", &port, "--name", "box", "--host", "127.0.0.1"],
+        false,
+    )
+    .await;
     let printed = host.line_with("ProxyCommand=").await;
     assert!(printed.contains("--exposed --stdio box"), "{printed}");
     let context = || format!("{}\n{}", host.log(), sshd.log());
@@ -1067,7 +1082,15 @@ async fn a_cut_control_connection_comes_back_and_keeps_its_name() {
     let (host, _) = expose(
         &tmp,
         &via,
-        &[&port, "--name", "home", "--secret", secret],
+        &[
+            &port,
+            "--name",
+            "home",
+            "--secret",
+            secret,
+            "--host",
+            "127.0.0.1",
+        ],
         false,
     )
     .await;
@@ -1242,14 +1265,13 @@ async fn a_host_over_plain_http_serves_http_and_tcp() {
     let tmp = Tmp::new("plain");
     let base = server.url("");
     let port = local.addr.port().to_string();
-    // A port nothing listens on: its channels are refused.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-        .to_string();
+    // A port bound but not listening: connections to it are refused, and
+    // while it is held no other socket gets it (nor a connection to it
+    // connects to itself).
+    let held = tokio::net::TcpSocket::new_v4().expect("a socket");
+    held.bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let closed = held.local_addr().expect("address").port().to_string();
     let (mut host, _) = expose(
         &tmp,
         &base,
@@ -1262,6 +1284,8 @@ async fn a_host_over_plain_http_serves_http_and_tcp() {
             "--name",
             "plain",
             "--http-only",
+            "--host",
+            "127.0.0.1",
         ],
         true,
     )

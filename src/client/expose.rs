@@ -281,14 +281,8 @@ async fn session(
                 let message = match message {
                     Err(_) => return Ended::Lost("the relay went silent".into()),
                     Ok(Ok(None)) => continue, // a ping: the relay is there
-                    Ok(Err(e)) => {
-                        if e.to_ascii_lowercase().contains("replaced by a newer control connection") {
-                            return Ended::Fatal(ClientError::Usage(format!(
-                                "another `tubes expose` with this secret took over the name '{name}'"
-                            )));
-                        }
-                        return Ended::Lost(e);
-                    }
+                    Ok(Err(e)) if replaced(&e) => return took_over(&name),
+                    Ok(Err(e)) => return Ended::Lost(e),
                     Ok(Ok(Some(message))) => message,
                 };
                 match message {
@@ -301,12 +295,10 @@ async fn session(
                             refusals.clone(),
                         ));
                     }
-                    ToHost::Error { message } if message.to_ascii_lowercase().contains("replaced by a newer control connection") => {
-                        return Ended::Fatal(ClientError::Usage(format!(
-                            "another `tubes expose` with this secret took over the name '{name}'"
-                        )));
+                    ToHost::Error { message } if replaced(&message) => return took_over(&name),
+                    ToHost::Error { message } => {
+                        tracing::warn!("expose: the relay says: {message}")
                     }
-                    ToHost::Error { message } => tracing::warn!("expose: the relay says: {message}"),
                     ToHost::Pong | ToHost::Registered { .. } => {}
                 }
             }
@@ -317,6 +309,21 @@ async fn session(
             }
         }
     }
+}
+
+/// Whether the relay said that another control connection took the name
+/// over (a close reason over WebSocket, an `error` over HTTP).
+fn replaced(text: &str) -> bool {
+    text.to_ascii_lowercase()
+        .contains("replaced by a newer control connection")
+}
+
+/// Another `tubes expose` with the same secret holds the name now: stop
+/// rather than take it back and forth.
+fn took_over(name: &str) -> Ended {
+    Ended::Fatal(ClientError::Usage(format!(
+        "another `tubes expose` with this secret took over the name '{name}'"
+    )))
 }
 
 /// The next control message from the relay, `None` for a ping (answered
