@@ -66,6 +66,10 @@ struct ExposeArgs {
     /// The secret that holds the name [default: made by the relay, printed]
     #[arg(long, env = "TUBES_EXPOSE_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Speak plain HTTP to the relay (an event stream and streaming
+    /// requests), for networks that let no WebSocket through
+    #[arg(long)]
+    http_only: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -437,6 +441,7 @@ fn main() -> std::process::ExitCode {
                 host: args.host,
                 name: args.name,
                 secret: args.secret,
+                http_only: args.http_only,
                 quiet: args.connect.quiet,
             };
             run_client(args.connect.options(), |conn| expose::run(conn, options))

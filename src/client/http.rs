@@ -235,6 +235,23 @@ impl Relay {
         check_status(&url, response).await
     }
 
+    /// `DELETE`s `path` (with `query` pairs).
+    pub async fn delete(&self, path: &str, query: &[(&str, &str)]) -> Result<(), ClientError> {
+        let mut url = self.url(path, None);
+        for (k, v) in query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        let response = self
+            .request(
+                http::Method::DELETE,
+                &url,
+                http::HeaderMap::new(),
+                Body::Bytes(Bytes::new()),
+            )
+            .await?;
+        check_status(&url, response).await.map(drop)
+    }
+
     async fn request(
         &self,
         method: http::Method,
@@ -316,6 +333,12 @@ async fn check_status(url: &reqwest::Url, response: Response) -> Result<Response
 }
 
 impl SenderLog {
+    /// The response body itself (for relays' other streams, such as the
+    /// control events of `tubes expose --http-only`).
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes, BodyError>> {
+        self.response.bytes_stream()
+    }
+
     /// Reads the log to its end. Fails if the relay reports that a receiver
     /// aborted, or if the log itself is cut off.
     pub async fn finish(self) -> Result<(), ClientError> {

@@ -146,6 +146,15 @@ struct Inner {
     names: HashMap<Box<str>, Entry>,
     /// Waiting channel id -> the name it was asked of.
     waiting: HashMap<Box<str>, Box<str>>,
+    /// Channels a host opens as two requests: the half not claimed yet.
+    parked: HashMap<Box<str>, Parked>,
+}
+
+/// The other half of a channel whose first half a host claimed.
+struct Parked {
+    reader: Option<mpsc::Receiver<Message>>,
+    writer: Option<mpsc::Sender<Message>>,
+    joined: Arc<dyn Send + Sync>,
 }
 
 struct Entry {
@@ -624,8 +633,106 @@ impl Relay {
     }
 
     fn take_waiting(&self, id: &str) -> Result<(Waiting, Box<str>, u64), NameError> {
-        let mut guard = self.shared.names.lock();
-        let inner = &mut *guard;
+        take_waiting(&mut self.shared.names.lock(), id)
+    }
+
+    /// The client-to-host direction of channel `id`, for a host that opens
+    /// the channel as two requests (a download and an upload). The first
+    /// of the two opens the channel; the other half waits for the second
+    /// for the open timeout, then the channel is closed.
+    pub fn channel_reader(&self, id: &str) -> Result<ChannelReader, NameError> {
+        match self.channel_half(id, true)? {
+            (Some(rx), _, joined) => Ok(ChannelReader {
+                rx,
+                _joined: joined,
+            }),
+            _ => Err(NameError::NoSuchChannel),
+        }
+    }
+
+    /// The host-to-client direction of channel `id` (see
+    /// [`Relay::channel_reader`]).
+    pub fn channel_writer(&self, id: &str) -> Result<ChannelWriter, NameError> {
+        match self.channel_half(id, false)? {
+            (_, Some(tx), joined) => Ok(ChannelWriter {
+                tx,
+                _joined: joined,
+            }),
+            _ => Err(NameError::NoSuchChannel),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn channel_half(
+        &self,
+        id: &str,
+        reader: bool,
+    ) -> Result<
+        (
+            Option<mpsc::Receiver<Message>>,
+            Option<mpsc::Sender<Message>>,
+            Arc<dyn Send + Sync>,
+        ),
+        NameError,
+    > {
+        let mut inner = self.shared.names.lock();
+        if let Some(parked) = inner.parked.get_mut(id) {
+            let half = match reader {
+                true => (parked.reader.take(), None),
+                false => (None, parked.writer.take()),
+            };
+            let joined = Arc::clone(&parked.joined);
+            if parked.reader.is_none() && parked.writer.is_none() {
+                inner.parked.remove(id);
+            }
+            drop(inner);
+            return Ok((half.0, half.1, joined));
+        }
+        let (waiting, name, entry_id) = take_waiting(&mut inner, id)?;
+        let guard = Arc::new(ChannelGuard {
+            shared: Arc::clone(&self.shared),
+            name,
+            entry: entry_id,
+        });
+        let (host, client) = PairEnd::joined(guard);
+        if let Err(client) = waiting.deliver.send(Ok(client)) {
+            // The client gave up just now; its end and ours free the slot,
+            // outside the lock (their guard takes it).
+            drop(inner);
+            drop((client, host));
+            return Err(NameError::NoSuchChannel);
+        }
+        let PairEnd { tx, rx, _joined } = host;
+        let (mine, parked) = match reader {
+            true => ((Some(rx), None), (None, Some(tx))),
+            false => ((None, Some(tx)), (Some(rx), None)),
+        };
+        inner.parked.insert(
+            id.into(),
+            Parked {
+                reader: parked.0,
+                writer: parked.1,
+                joined: Arc::clone(&_joined),
+            },
+        );
+        drop(inner);
+        // The second request has as long as a host has to open a channel.
+        let shared = Arc::clone(&self.shared);
+        let limit = shared.config.names.open_timeout;
+        let id: Box<str> = id.into();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(limit).await;
+                let unclaimed = shared.names.lock().parked.remove(&id);
+                drop(unclaimed);
+            });
+        }
+        Ok((mine.0, mine.1, _joined))
+    }
+}
+
+fn take_waiting(inner: &mut Inner, id: &str) -> Result<(Waiting, Box<str>, u64), NameError> {
+    {
         let name = inner.waiting.remove(id).ok_or(NameError::NoSuchChannel)?;
         let entry = inner
             .names
@@ -634,6 +741,59 @@ impl Relay {
         let waiting = entry.waiting.remove(id).ok_or(NameError::NoSuchChannel)?;
         shrink(&mut inner.waiting);
         Ok((waiting, name, entry.id))
+    }
+}
+
+/// The client-to-host direction of a channel opened as a download: the
+/// bytes of the client's messages, until the client ends its direction
+/// (an empty message) or the channel closes.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Message>,
+    _joined: Arc<dyn Send + Sync>,
+}
+
+impl ChannelReader {
+    /// The next bytes; `None` at the end.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        match self.rx.recv().await {
+            Some(message) if !message.data.is_empty() => Some(message.data),
+            _ => None,
+        }
+    }
+}
+
+/// The host-to-client direction of a channel opened as an upload.
+/// Dropping it without [`ChannelWriter::end`] closes the whole channel (an
+/// upload cut short).
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Message>,
+    _joined: Arc<dyn Send + Sync>,
+}
+
+impl ChannelWriter {
+    /// Passes `data` on, in binary messages of at most 64 KiB; `false`
+    /// once the channel is closed.
+    pub async fn send(&self, mut data: Bytes) -> bool {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(IO_CHUNK));
+            let message = Message {
+                text: false,
+                data: piece,
+            };
+            if self.tx.send(message).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Ends this direction (the client's side sees its half-close).
+    pub async fn end(self) {
+        let end = Message {
+            text: false,
+            data: Bytes::new(),
+        };
+        let _ = self.tx.send(end).await;
     }
 }
 
@@ -918,6 +1078,49 @@ mod tests {
                 .err(),
             Some(NameError::BadServices)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_opened_as_two_requests() {
+        let relay = relay(NamesConfig::default());
+        let mut reg = relay.register_name(claim("two", SECRET)).unwrap();
+        let request = relay.connect_name("two", None).unwrap();
+        let id = reg.notices.recv().await.unwrap().id;
+        // The upload half first: it opens the channel, the client is in.
+        let writer = relay.channel_writer(&id).unwrap();
+        let client = ChannelIo::new(request.await.unwrap());
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        assert!(writer.send(Bytes::from_static(b"from the host")).await);
+        writer.end().await;
+        let mut got = Vec::new();
+        client_read.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"from the host");
+        // Then the download half; each half is had once.
+        let mut reader = relay.channel_reader(&id).unwrap();
+        assert!(relay.channel_reader(&id).is_err());
+        client_write.write_all(b"from the client").await.unwrap();
+        client_write.shutdown().await.unwrap();
+        assert_eq!(
+            reader.next().await,
+            Some(Bytes::from_static(b"from the client"))
+        );
+        assert_eq!(reader.next().await, None);
+        drop((reader, client_read, client_write));
+        assert_eq!(relay.stats().name_channels, 0);
+
+        // A half never claimed is dropped after the open timeout, and the
+        // channel with it.
+        let request = relay.connect_name("two", None).unwrap();
+        let id = reg.notices.recv().await.unwrap().id;
+        let reader = relay.channel_reader(&id).unwrap();
+        let mut client = ChannelIo::new(request.await.unwrap());
+        tokio::time::sleep(relay.names_config().open_timeout * 2).await;
+        assert!(relay.channel_writer(&id).is_err());
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop((reader, client));
+        assert_eq!(relay.stats().name_channels, 0);
     }
 
     #[tokio::test]

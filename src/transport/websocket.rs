@@ -394,6 +394,10 @@ pub async fn run_pair(
     tokio::pin!(ticket);
     let end: PairEnd = loop {
         tokio::select! {
+            // The partner first: with both ready (a channel's end is there
+            // from the start), a message already read must not be dropped
+            // as if no one were there to take it.
+            biased;
             end = &mut ticket => match end {
                 Some(end) => break end,
                 None => return,

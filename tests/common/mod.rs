@@ -132,6 +132,11 @@ fn watch_panics() {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(RelayConfig::default()).await
+    }
+
+    /// Starts the server with a relay configured as given.
+    pub async fn start_with(config: RelayConfig) -> Server {
         watch_panics();
         // RUST_LOG=tubes=debug shows the server's logs in a failing test.
         let _ = tracing_subscriber::fmt()
@@ -150,7 +155,7 @@ impl Server {
         let tls_config = Arc::new(certs.server_config(&[ALPN_H2, ALPN_HTTP11]));
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
         let h3_addr = udp.local_addr().expect("UDP address");
-        let relay = Relay::new(RelayConfig::default());
+        let relay = Relay::new(config);
         let (stop, stopped) = watch::channel(false);
         let until = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;

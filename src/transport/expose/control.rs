@@ -54,6 +54,19 @@ fn urls(relay: &Relay, base: &str, name: &str) -> (String, Option<String>) {
     (path, domain)
 }
 
+/// The answer to a registration.
+pub(super) fn registered(relay: &Relay, base: &str, registration: &Registration) -> ToHost {
+    let (url, domain_url) = urls(relay, base, &registration.name);
+    ToHost::Registered {
+        name: registration.name.clone(),
+        secret: registration.generated_secret.clone(),
+        resumed: registration.resumed,
+        url,
+        domain_url,
+        services: registration.services.clone(),
+    }
+}
+
 /// What came from the host, as far as the control loop cares.
 enum Heard {
     Message(FromHost),
@@ -138,21 +151,12 @@ async fn run(mut socket: Socket, relay: Relay, base: String) {
         Ok(r) => r,
         Err(e) => return refuse(&mut socket, e.to_string()).await,
     };
-    let (url, domain_url) = urls(&relay, &base, &registration.name);
-    let services = registration.services.clone();
     tracing::info!(
         name = %registration.name,
         resumed = registration.resumed,
         "a host registered"
     );
-    let registered = ToHost::Registered {
-        name: registration.name.clone(),
-        secret: registration.generated_secret.clone(),
-        resumed: registration.resumed,
-        url,
-        domain_url,
-        services,
-    };
+    let registered = registered(&relay, &base, &registration);
     if !send(&mut socket, &registered).await {
         return;
     }
@@ -215,6 +219,9 @@ async fn serve(mut socket: Socket, relay: &Relay, mut registration: Registration
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= idle {
                     tracing::info!(name = %registration.name, "a silent control connection was dropped");
+                    // The name's grace period starts now, not after the
+                    // closing handshake a silent host may never answer.
+                    drop(registration);
                     closing(&mut socket, CloseCode::Away, "silent for too long").await;
                     return;
                 }

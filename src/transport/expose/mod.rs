@@ -8,6 +8,7 @@
 //! and gives back every other request untouched.
 
 pub mod control;
+pub mod plain;
 pub mod protocol;
 pub mod proxy;
 
@@ -38,6 +39,10 @@ pub enum ExposeRefusal {
     WebSocket(#[from] WsRefusal),
     #[error("[ERROR] Unknown path '{0}' (the paths under /-/ are listed in /help).\n")]
     Unknown(String),
+    #[error("[ERROR] Cannot send to the reserved path '{0}'. (e.g. '/mypath123')\n")]
+    ReservedPath(String),
+    #[error("[ERROR] Bad control message: {0}.\n")]
+    BadControl(String),
     #[error("[ERROR] '{0}' takes a WebSocket.\n")]
     NeedsWebSocket(String),
     #[error("[ERROR] Unsupported method: {0}.\n")]
@@ -65,6 +70,9 @@ impl ExposeRefusal {
             },
             ExposeRefusal::WebSocket(_) => StatusCode::BAD_REQUEST,
             ExposeRefusal::Unknown(_) => StatusCode::NOT_FOUND,
+            ExposeRefusal::ReservedPath(_) | ExposeRefusal::BadControl(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ExposeRefusal::NeedsWebSocket(_) => StatusCode::UPGRADE_REQUIRED,
             ExposeRefusal::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ExposeRefusal::NoAnswer(..) => StatusCode::GATEWAY_TIMEOUT,
@@ -123,10 +131,25 @@ where
         return Intercepted::Passed(req);
     }
     let path = path.to_owned();
+    let sending = req.method() == Method::POST || req.method() == Method::PUT;
+    let takes_uploads = [HOST_PREFIX, CONTROL_PATH, CHANNEL_PREFIX]
+        .iter()
+        .any(|p| path.starts_with(p));
+    if sending && !takes_uploads {
+        // As for every reserved path: no Piping sender here.
+        return Intercepted::Taken(now(Err(ExposeRefusal::ReservedPath(path))));
+    }
+    let websocket = websocket::is_websocket(&req);
     if path == CONTROL_PATH {
+        if !websocket && sending {
+            return Intercepted::Taken(plain::control(relay, req, tls));
+        }
         return Intercepted::Taken(now(control::accept(relay, req, tls)));
     }
     if let Some(id) = path.strip_prefix(CHANNEL_PREFIX) {
+        if !websocket {
+            return Intercepted::Taken(plain::channel(relay, req, id));
+        }
         return Intercepted::Taken(now(host_channel(relay, req, id)));
     }
     if let Some(name) = path.strip_prefix(CONNECT_PREFIX) {
@@ -229,9 +252,6 @@ fn host_channel<B>(
     req: Request<B>,
     id: &str,
 ) -> Result<Response<Body>, ExposeRefusal> {
-    if !websocket::is_websocket(&req) {
-        return Err(ExposeRefusal::NeedsWebSocket(req.uri().path().to_owned()));
-    }
     websocket::check_handshake(&req)?;
     let end = relay.accept_channel(id)?;
     let idle = relay.names_config().channel_idle;

@@ -20,6 +20,8 @@
 //!   which carries the bytes to its local server. `/-/host/NAME` redirects
 //!   to `/-/host/NAME/`.
 //! - `/-/examples/...`: the example pages (a browser host and client).
+//! - Hosts without WebSockets: `POST /-/expose` and `GET`/`PUT`/`DELETE
+//!   /-/channel/ID` (see [`super::plain`]).
 //!
 //! With a domain configured (`tubes serve --expose-domain relay.example`),
 //! a request whose `Host` is `NAME.relay.example` goes to the host `NAME`
