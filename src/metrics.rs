@@ -206,7 +206,7 @@ impl Collector for RelayState {
         gauge(
             &mut encoder,
             "connections_open",
-            "Client connections open (HTTP/1 and HTTP/2)",
+            "Client connections open (HTTP/1, HTTP/2 and HTTP/3)",
             self.connections,
         )?;
         gauge(

@@ -140,6 +140,9 @@ struct Builders {
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
+    /// Cancelled when the server drains (shared here rather than held by
+    /// every connection's task).
+    drain: CancellationToken,
 }
 
 impl Builders {
@@ -176,12 +179,13 @@ impl Builders {
             http2,
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
+            drain: CancellationToken::new(),
         }
     }
 
     /// Serves one cleartext connection: HTTP/2 if it opens with the
     /// HTTP/2 preface, HTTP/1 otherwise.
-    async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler, drain: CancellationToken) {
+    async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler) {
         let h2 = match tokio::time::timeout(self.header_read_timeout, starts_h2(&stream)).await {
             Ok(Ok(h2)) => h2,
             Ok(Err(error)) => {
@@ -193,8 +197,7 @@ impl Builders {
                 return;
             }
         };
-        self.serve_io(TokioIo::new(stream), h2, handler, drain)
-            .await;
+        self.serve_io(TokioIo::new(stream), h2, handler).await;
     }
 
     /// Serves one TLS connection: the handshake (bounded in time, in the
@@ -205,7 +208,6 @@ impl Builders {
         stream: TcpStream,
         acceptor: tokio_rustls::TlsAcceptor,
         handler: Handler,
-        drain: CancellationToken,
     ) {
         // rustls reads at most 4 KiB per call; a buffer in front of the
         // socket turns that into one system call per 64 KiB on uploads.
@@ -226,18 +228,13 @@ impl Builders {
             };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(crate::transport::tls::ALPN_H2);
         // The TLS connection is boxed for the same reason as HTTP/2 is.
-        Box::pin(self.serve_io(TokioIo::new(stream), h2, handler, drain)).await;
+        Box::pin(self.serve_io(TokioIo::new(stream), h2, handler)).await;
     }
 
-    /// Serves the connection until it ends; when `drain` fires, an HTTP/2
-    /// connection says GOAWAY and finishes its streams in flight.
-    async fn serve_io<I>(
-        &self,
-        io: TokioIo<I>,
-        h2: bool,
-        handler: Handler,
-        drain: CancellationToken,
-    ) where
+    /// Serves the connection until it ends; when the server drains, an
+    /// HTTP/2 connection says GOAWAY and finishes its streams in flight.
+    async fn serve_io<I>(&self, io: TokioIo<I>, h2: bool, handler: Handler)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(move |req| handler.handle(req));
@@ -248,7 +245,7 @@ impl Builders {
             let mut conn = Box::pin(self.http2.serve_connection(io, service));
             tokio::select! {
                 result = conn.as_mut() => result,
-                () = drain.cancelled() => {
+                () = self.drain.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -257,7 +254,6 @@ impl Builders {
             // No graceful shutdown for HTTP/1: hyper would close a
             // connection whose request waits for its response. Draining
             // answers those requests instead (see `accept_loop`).
-            let _ = &drain;
             self.http1
                 .serve_connection(io, service)
                 .with_upgrades()
@@ -325,7 +321,6 @@ async fn accept_loop(
     if let Some(alt_svc) = &config.alt_svc {
         handler = handler.with_alt_svc(alt_svc);
     }
-    let drain = CancellationToken::new();
     // Shared, not cloned per connection: each waiting connection's task
     // stays small.
     let builders = Arc::new(Builders::new(config));
@@ -357,28 +352,16 @@ async fn accept_loop(
         // Small writes (a log line, one typed byte) go out at once, and
         // HTTP/2 window updates are not held back by Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let handler = handler.for_peer(peer.ip());
+        let handler = handler.for_peer(slot);
         let builders = Arc::clone(&builders);
         let span = tracing::debug_span!("conn", %peer);
-        let drain = drain.clone();
         match &tls {
-            None => connections.spawn(
-                async move {
-                    builders.serve(stream, handler, drain).await;
-                    drop(slot);
-                }
-                .instrument(span),
-            ),
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                connections.spawn(
-                    async move {
-                        builders.serve_tls(stream, acceptor, handler, drain).await;
-                        drop(slot);
-                    }
+            None => connections.spawn(builders.serve(stream, handler).instrument(span)),
+            Some(acceptor) => connections.spawn(
+                builders
+                    .serve_tls(stream, acceptor.clone(), handler)
                     .instrument(span),
-                )
-            }
+            ),
         };
     }
     // Stop accepting; let running transfers finish, up to the grace
@@ -387,7 +370,7 @@ async fn accept_loop(
     // so transfers still running abort. Idle keep-alive connections do not
     // hold the shutdown up: only the relay's work does.
     drop(listener);
-    drain.cancel();
+    builders.drain.cancel();
     tracing::info!(open = connections.len(), grace = ?config.grace, "draining");
     let started = tokio::time::Instant::now();
     let relay = handler.relay().clone();
@@ -430,7 +413,8 @@ mod tests {
     use super::*;
 
     /// A waiting connection's task is allocated at its full size; keep it
-    /// within jemalloc's 1 KiB class (it was 1.6 KiB with HTTP/2 inline).
+    /// (as spawned: with its connection slot and its span) within
+    /// jemalloc's 1 KiB class (it was 1.6 KiB with HTTP/2 inline).
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -439,7 +423,13 @@ mod tests {
             .expect("connect");
         let builders = Arc::new(Builders::new(&ServeConfig::default()));
         let handler = Handler::new(Relay::default(), false);
-        let task = builders.serve(client, handler, CancellationToken::new());
+        let connections = Arc::new(crate::policy::limits::Connections::default());
+        let slot = connections
+            .open(IpAddr::from([127, 0, 0, 1]), 0)
+            .expect("slot");
+        let span = tracing::debug_span!("conn");
+        let handler = handler.for_peer(slot);
+        let task = builders.serve(client, handler).instrument(span);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "a connection's future takes {size} bytes");
     }

@@ -119,6 +119,14 @@ impl Connections {
     }
 }
 
+impl ConnectionSlot {
+    /// The client's address (as the connection came: a proxy's, behind
+    /// one).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut open = self

@@ -17,13 +17,13 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::body::{self, Body};
 use super::{expose, pages, sse, websocket};
 use crate::metrics::Rejection;
+use crate::policy::limits::ConnectionSlot;
 use crate::policy::{Action, Credentials, Denied, Gate, PasswordCheck, Policy, Verdict};
 use crate::relay::{self, parse_count, safe_content_type, ByteStream, Head, Relay};
 
@@ -38,8 +38,10 @@ pub struct Handler {
     relay: Relay,
     /// Auth, limits and metrics, shared by every connection.
     gate: Arc<Gate>,
-    /// The connection's peer, when the transport knows it.
-    peer: Option<IpAddr>,
+    /// The connection's place among its peer's connections (and so its
+    /// peer's address), when the transport knows it. Shared, so that the
+    /// connection's task stays small.
+    peer: Option<Arc<ConnectionSlot>>,
     /// Whether this listener is TLS (for the URLs shown in `/help`).
     tls: bool,
     /// `Alt-Svc` for every response, advertising HTTP/3 (behind an `Arc`
@@ -148,9 +150,9 @@ impl Handler {
     }
 
     /// This handler for one connection from `peer`.
-    pub fn for_peer(&self, peer: IpAddr) -> Self {
+    pub fn for_peer(&self, slot: ConnectionSlot) -> Self {
         let mut handler = self.clone();
-        handler.peer = Some(peer);
+        handler.peer = Some(Arc::new(slot));
         handler
     }
 
@@ -238,7 +240,7 @@ impl Handler {
     /// was found under, to be checked before the request goes on.
     fn admit<B>(&self, req: &Request<B>) -> Result<Option<(Arc<Policy>, PasswordCheck)>, Refusal> {
         let policy = self.gate.policy();
-        if let Some(peer) = self.peer {
+        if let Some(peer) = self.peer.as_ref().map(|slot| slot.ip()) {
             let forwarded = req
                 .headers()
                 .get("x-forwarded-for")

@@ -90,7 +90,15 @@ pub async fn serve(
             },
         };
         let span = tracing::debug_span!("h3", peer = %incoming.remote_address());
-        let handler = handler.for_peer(incoming.remote_address().ip());
+        let Some(slot) = handler.gate().connect(incoming.remote_address().ip()) else {
+            handler
+                .gate()
+                .metrics
+                .rejected(crate::metrics::Rejection::TooManyConnections);
+            incoming.refuse();
+            continue;
+        };
+        let handler = handler.for_peer(slot);
         connections.spawn(connection(incoming, handler).instrument(span));
     }
     tracing::info!(open = connections.len(), "HTTP/3 shutting down");
