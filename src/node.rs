@@ -36,6 +36,8 @@ pub async fn run(
     })?;
     let tls = tls_source(&settings)?;
     let relay = Relay::new(relay_config(&settings));
+    // One timer for every waiting peer's wait limit.
+    let expiry = tokio::spawn(relay.clone().expire_forever());
     let gate = Gate::new(policy, Metrics::default());
     let config = ServeConfig {
         header_read_timeout: settings.limits.header_read_timeout,
@@ -154,6 +156,7 @@ pub async fn run(
     if let Some(watcher) = watcher {
         watcher.abort();
     }
+    expiry.abort();
     while let Some(ended) = servers.join_next().await {
         ended??;
     }

@@ -32,11 +32,10 @@ pub(super) struct SenderTask {
     pub n: Count,
     pub head: Head,
     pub body: ByteStream,
-    pub start: oneshot::Receiver<Option<Vec<WaitingReceiver>>>,
+    pub start: oneshot::Receiver<Result<Vec<WaitingReceiver>, super::Undelivered>>,
     pub log: mpsc::UnboundedSender<Log>,
     pub queue_chunks: usize,
     pub read_ahead: usize,
-    pub wait_timeout: Option<std::time::Duration>,
     /// 0: no limit.
     pub max_bytes: u64,
 }
@@ -57,7 +56,6 @@ pub(super) async fn run_sender(task: SenderTask) {
         log,
         queue_chunks,
         read_ahead,
-        wait_timeout,
         max_bytes,
     } = task;
     let say = |line| {
@@ -70,31 +68,21 @@ pub(super) async fn run_sender(task: SenderTask) {
     let mut early: VecDeque<Bytes> = VecDeque::new();
     let mut early_bytes = 0;
     let mut body_ended = false;
-    let timeout = async {
-        match wait_timeout {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(timeout);
     let receivers = loop {
         tokio::select! {
             biased;
             started = &mut start => match started {
-                Ok(Some(receivers)) => break receivers,
-                Ok(None) => {
-                    say(Log::ShuttingDown);
+                Ok(Ok(receivers)) => break receivers,
+                Ok(Err(why)) => {
+                    say(match why {
+                        super::Undelivered::TimedOut(limit) => Log::WaitTimedOut(limit),
+                        _ => Log::ShuttingDown,
+                    });
+                    tracing::debug!(path = %guard.path, ?why, "sender turned away");
                     return;
                 }
                 // Unregistered: the sender left.
                 Err(_) => return,
-            },
-            () = &mut timeout => {
-                if let Some(limit) = wait_timeout {
-                    say(Log::WaitTimedOut(limit));
-                }
-                tracing::debug!(path = %guard.path, "no receivers in time");
-                return;
             },
             item = body.next(), if !body_ended && early_bytes < read_ahead => match item {
                 Some(Ok(chunk)) => {

@@ -203,13 +203,15 @@ struct Waiting {
 struct WaitingSender {
     id: u64,
     log: mpsc::UnboundedSender<Log>,
-    /// `None`: the server is shutting down; no transfer.
-    start: oneshot::Sender<Option<Vec<WaitingReceiver>>>,
+    /// `Err`: turned away (timed out, shutting down); no transfer.
+    start: oneshot::Sender<Result<Vec<WaitingReceiver>, Undelivered>>,
+    since: tokio::time::Instant,
 }
 
 struct WaitingReceiver {
     id: u64,
     deliver: oneshot::Sender<Result<Delivery, Undelivered>>,
+    since: tokio::time::Instant,
 }
 
 /// What a receiver gets when its transfer starts.
@@ -322,6 +324,7 @@ impl Relay {
                     let _ = log_tx.send(Log::ReceiversPresent(waiting.receivers.len()));
                 }
                 waiting.sender = Some(WaitingSender {
+                    since: tokio::time::Instant::now(),
                     id,
                     log: log_tx.clone(),
                     start: start_tx,
@@ -339,7 +342,6 @@ impl Relay {
             log: log_tx,
             queue_chunks: self.shared.config.queue_chunks,
             read_ahead: self.shared.config.read_ahead,
-            wait_timeout: self.shared.limits.wait_timeout(),
             max_bytes: self.shared.limits.max_transfer_bytes(),
         });
         if let Some(start) = ready {
@@ -370,7 +372,11 @@ impl Relay {
                     if w.receivers.len() >= w.n as usize {
                         return Err(Reject::ReceiversFull);
                     }
-                    w.receivers.push(WaitingReceiver { id, deliver });
+                    w.receivers.push(WaitingReceiver {
+                        id,
+                        deliver,
+                        since: tokio::time::Instant::now(),
+                    });
                     if let Some(sender) = &w.sender {
                         let _ = sender.log.send(Log::ReceiverConnected);
                     }
@@ -382,7 +388,11 @@ impl Relay {
                         Slot::Waiting(Waiting {
                             n,
                             sender: None,
-                            receivers: vec![WaitingReceiver { id, deliver }],
+                            receivers: vec![WaitingReceiver {
+                                id,
+                                deliver,
+                                since: tokio::time::Instant::now(),
+                            }],
                         }),
                     );
                 }
@@ -395,7 +405,6 @@ impl Relay {
         }
         Ok(ReceiverTicket {
             delivery,
-            wait_timeout: self.shared.limits.wait_timeout(),
             _guard: PeerGuard::new(&self.shared, path, id, false),
         })
     }
@@ -428,13 +437,57 @@ impl Relay {
     /// senders a last log line. Running transfers go on. Returns how many
     /// peers were turned away.
     pub fn turn_away_waiting(&self) -> usize {
+        self.turn_away(|_| true, Undelivered::ShuttingDown)
+    }
+
+    /// Turns away the peers that have waited longer than the wait limit
+    /// ([`Undelivered::TimedOut`] for receivers, a last log line for
+    /// senders); returns how many.
+    pub fn expire_waiting(&self) -> usize {
+        let Some(limit) = self.shared.limits.wait_timeout() else {
+            return 0;
+        };
+        let Some(cutoff) = tokio::time::Instant::now().checked_sub(limit) else {
+            return 0;
+        };
+        self.turn_away(|since| since <= cutoff, Undelivered::TimedOut(limit))
+    }
+
+    /// Runs [`Relay::expire_waiting`] for as long as it is polled, every
+    /// twentieth of the wait limit (between 50 ms and 30 s): one timer for
+    /// the whole registry instead of one per waiting peer.
+    pub async fn expire_forever(self) {
+        loop {
+            let every = self
+                .shared
+                .limits
+                .wait_timeout()
+                .map_or(EXPIRY_MAX, |limit| {
+                    (limit / 20).clamp(EXPIRY_MIN, EXPIRY_MAX)
+                });
+            tokio::time::sleep(every).await;
+            let expired = self.expire_waiting();
+            if expired > 0 {
+                tracing::debug!(expired, "waiting peers timed out");
+            }
+        }
+    }
+
+    /// Turns away the waiting peers that came at a time `pick` chooses.
+    fn turn_away(&self, pick: impl Fn(tokio::time::Instant) -> bool, why: Undelivered) -> usize {
         let mut turned = Vec::new();
         {
             let mut paths = self.shared.lock();
             for slot in paths.values_mut() {
                 if let Slot::Waiting(w) = slot {
-                    turned.extend(w.sender.take().map(|s| Err(s.start)));
-                    turned.extend(w.receivers.drain(..).map(|r| Ok(r.deliver)));
+                    if w.sender.as_ref().is_some_and(|s| pick(s.since)) {
+                        turned.extend(w.sender.take().map(|s| Err(s.start)));
+                    }
+                    let (gone, stay) = std::mem::take(&mut w.receivers)
+                        .into_iter()
+                        .partition(|r| pick(r.since));
+                    w.receivers = stay;
+                    turned.extend(gone.into_iter().map(|r: WaitingReceiver| Ok(r.deliver)));
                 }
             }
         }
@@ -443,14 +496,16 @@ impl Relay {
         for peer in turned {
             match peer {
                 Ok(deliver) => {
-                    let _ = deliver.send(Err(Undelivered::ShuttingDown));
+                    let _ = deliver.send(Err(why));
                 }
                 Err(start) => {
-                    let _ = start.send(None);
+                    let _ = start.send(Err(why));
                 }
             }
         }
-        self.shared.changed.notify_waiters();
+        if count > 0 {
+            self.shared.changed.notify_waiters();
+        }
         count
     }
 
@@ -499,7 +554,7 @@ impl Relay {
 
 /// A rendezvous that just completed: the sender's transfer is told to start.
 struct Start {
-    sender: oneshot::Sender<Option<Vec<WaitingReceiver>>>,
+    sender: oneshot::Sender<Result<Vec<WaitingReceiver>, Undelivered>>,
     receivers: Vec<WaitingReceiver>,
 }
 
@@ -507,7 +562,7 @@ impl Start {
     fn go(self) {
         // If the sender's transfer is gone, dropping the receivers' delivery
         // channels tells them so, and the transfer's guard frees the path.
-        let _ = self.sender.send(Some(self.receivers));
+        let _ = self.sender.send(Ok(self.receivers));
     }
 }
 
@@ -634,9 +689,12 @@ impl Stream for SenderLog {
 /// A waiting receiver. Dropping it (its client left) unregisters it.
 pub struct ReceiverTicket {
     delivery: oneshot::Receiver<Result<Delivery, Undelivered>>,
-    wait_timeout: Option<Duration>,
     _guard: PeerGuard,
 }
+
+/// Bounds on how often [`Relay::expire_forever`] looks.
+const EXPIRY_MIN: Duration = Duration::from_millis(50);
+const EXPIRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why a receiver's transfer did not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -653,20 +711,11 @@ pub enum Undelivered {
 }
 
 impl ReceiverTicket {
-    /// Waits for the transfer to start, at most the wait limit.
+    /// Waits for the transfer to start, or to be turned away (the wait
+    /// limit, see [`Relay::expire_forever`]; a shutdown).
     pub async fn ready(self) -> Result<Delivery, Undelivered> {
-        let ReceiverTicket {
-            delivery,
-            wait_timeout,
-            _guard,
-        } = self;
-        match wait_timeout {
-            Some(limit) => match tokio::time::timeout(limit, delivery).await {
-                Ok(delivered) => delivered.unwrap_or(Err(Undelivered::SenderLeft)),
-                Err(_) => Err(Undelivered::TimedOut(limit)),
-            },
-            None => delivery.await.unwrap_or(Err(Undelivered::SenderLeft)),
-        }
+        let ReceiverTicket { delivery, _guard } = self;
+        delivery.await.unwrap_or(Err(Undelivered::SenderLeft))
     }
 }
 

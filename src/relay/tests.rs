@@ -247,6 +247,7 @@ async fn waiting_peers_time_out_with_a_message_and_free_the_path() {
         wait_timeout: Some(Duration::from_secs(60)),
         ..RelayConfig::default()
     });
+    tokio::spawn(relay.clone().expire_forever());
     let (_tx, b) = body();
     let log = lines(relay.send("/s", 1, head(), b).expect("sender")).await;
     assert_eq!(
