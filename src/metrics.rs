@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -25,7 +24,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -88,7 +87,6 @@ pub struct Metrics {
 struct Inner {
     requests: Counter,
     rejections: Family<ReasonLabel, Counter>,
-    receiver_wait: Histogram,
     /// Set while the server drains for shutdown: health checks fail so
     /// load balancers send new clients elsewhere.
     draining: AtomicBool,
@@ -100,26 +98,9 @@ impl Default for Metrics {
             inner: Arc::new(Inner {
                 requests: Counter::default(),
                 rejections: Family::default(),
-                // 1 ms to about 9 hours.
-                receiver_wait: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
                 draining: AtomicBool::new(false),
             }),
         }
-    }
-}
-
-/// A receiver's wait for its transfer; recorded by [`ReceiverWait::done`].
-pub struct ReceiverWait {
-    metrics: Metrics,
-    since: Instant,
-}
-
-impl ReceiverWait {
-    pub fn done(self) {
-        self.metrics
-            .inner
-            .receiver_wait
-            .observe(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -133,14 +114,6 @@ impl Metrics {
             .rejections
             .get_or_create(&ReasonLabel { reason })
             .inc();
-    }
-
-    /// Starts timing a receiver's wait.
-    pub fn waiting_receiver(&self) -> ReceiverWait {
-        ReceiverWait {
-            metrics: self.clone(),
-            since: Instant::now(),
-        }
     }
 
     pub fn set_draining(&self) {
@@ -164,11 +137,6 @@ impl Metrics {
             "rejections",
             "Requests turned away, by reason",
             self.inner.rejections.clone(),
-        );
-        registry.register(
-            "receiver_wait_seconds",
-            "How long receivers waited for their transfer to start",
-            self.inner.receiver_wait.clone(),
         );
         registry.register_collector(Box::new(RelayState {
             relay: relay.clone(),
@@ -248,24 +216,17 @@ impl Collector for RelayState {
         for (outcome, value) in [("completed", totals.completed), ("aborted", totals.aborted)] {
             ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
         }
-        let histogram = prometheus_client::metrics::histogram::Histogram::new([1.0]);
-        let mut metric = encoder.encode_descriptor(
+        histogram(
+            &mut encoder,
             "transfer_seconds",
             "How long transfers ran, from the start to their end (whole or cut)",
-            None,
-            histogram.metric_type(),
+            &totals.durations,
         )?;
-        let buckets: Vec<(f64, u64)> = crate::relay::DURATION_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::MAX])
-            .zip(totals.durations)
-            .collect();
-        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            totals.duration_sum,
-            totals.durations.iter().sum(),
-            &buckets,
-            None,
+        histogram(
+            &mut encoder,
+            "receiver_wait_seconds",
+            "How long receivers waited for their transfer to start",
+            &totals.waits,
         )?;
         let bytes = ConstCounter::new(totals.bytes);
         let metric = encoder.encode_descriptor(
@@ -276,6 +237,29 @@ impl Collector for RelayState {
         )?;
         bytes.encode(metric)
     }
+}
+
+/// One of the core's duration histograms, encoded.
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    snapshot: &crate::relay::HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let kind = Histogram::new([1.0]).metric_type();
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    let buckets: Vec<(f64, u64)> = crate::relay::DURATION_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::MAX])
+        .zip(snapshot.counts)
+        .collect();
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        snapshot.sum,
+        snapshot.counts.iter().sum(),
+        &buckets,
+        None,
+    )
 }
 
 /// The health check's answer: 200 while serving, 503 while draining.
@@ -370,7 +354,6 @@ mod tests {
         let _waiting = relay.receive("/x", 1).expect("receive");
         metrics.request();
         metrics.rejected(Rejection::RateLimited);
-        metrics.waiting_receiver().done();
         let text = metrics.render(&relay, 3);
         for line in [
             "tubes_requests_total 1",
@@ -380,7 +363,7 @@ mod tests {
             "tubes_paths 1",
             "tubes_transfers_total{outcome=\"completed\"} 0",
             "tubes_relayed_bytes_total 0",
-            "tubes_receiver_wait_seconds_count 1",
+            "tubes_receiver_wait_seconds_count 0",
             "tubes_transfer_seconds_count 0",
         ] {
             assert!(

@@ -329,7 +329,10 @@ async fn accept_loop(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                gate.closed(1);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -340,7 +343,7 @@ async fn accept_loop(
                 }
             },
         };
-        let Some(slot) = gate.connect(peer.ip()) else {
+        let Ok(slot) = gate.connect(peer.ip()) else {
             gate.metrics.rejected(Rejection::TooManyConnections);
             tracing::debug!(%peer, "too many connections from this address");
             if tls.is_none() {
@@ -352,16 +355,22 @@ async fn accept_loop(
         // Small writes (a log line, one typed byte) go out at once, and
         // HTTP/2 window updates are not held back by Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let handler = handler.for_peer(slot);
+        let handler = handler.for_peer(peer.ip(), slot);
         let builders = Arc::clone(&builders);
         let span = tracing::debug_span!("conn", %peer);
         match &tls {
-            None => connections.spawn(builders.serve(stream, handler).instrument(span)),
-            Some(acceptor) => connections.spawn(
-                builders
-                    .serve_tls(stream, acceptor.clone(), handler)
-                    .instrument(span),
-            ),
+            None => {
+                gate.opened();
+                connections.spawn(builders.serve(stream, handler).instrument(span))
+            }
+            Some(acceptor) => {
+                gate.opened();
+                connections.spawn(
+                    builders
+                        .serve_tls(stream, acceptor.clone(), handler)
+                        .instrument(span),
+                )
+            }
         };
     }
     // Stop accepting; let running transfers finish, up to the grace
@@ -384,7 +393,9 @@ async fn accept_loop(
         .saturating_sub(started.elapsed())
         .min(CLOSE_TIME);
     let _ = tokio::time::timeout(rest, async {
-        while connections.join_next().await.is_some() {}
+        while connections.join_next().await.is_some() {
+            gate.closed(1);
+        }
     })
     .await;
     if !idle {
@@ -394,6 +405,7 @@ async fn accept_loop(
             "grace period over; aborting the rest"
         );
     }
+    gate.closed(connections.len());
     connections.shutdown().await;
     Ok(())
 }
@@ -428,7 +440,7 @@ mod tests {
             .open(IpAddr::from([127, 0, 0, 1]), 0)
             .expect("slot");
         let span = tracing::debug_span!("conn");
-        let handler = handler.for_peer(slot);
+        let handler = handler.for_peer(IpAddr::from([127, 0, 0, 1]), Some(slot));
         let task = builders.serve(client, handler).instrument(span);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "a connection's future takes {size} bytes");

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod limits;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,11 +94,18 @@ impl Policy {
     }
 }
 
+/// A connection over the per-address limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many open connections from this address")]
+pub struct TooManyConnections;
+
 /// What every connection of a server shares: the current policy, the
 /// per-address connection counts, and the metrics.
 pub struct Gate {
     policy: ArcSwap<Policy>,
     connections: Arc<limits::Connections>,
+    /// Connections open, on every listener.
+    open: AtomicUsize,
     pub metrics: Metrics,
 }
 
@@ -106,6 +114,7 @@ impl Gate {
         Arc::new(Gate {
             policy: ArcSwap::from_pointee(policy),
             connections: Arc::default(),
+            open: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -120,9 +129,15 @@ impl Gate {
         self.policy.store(Arc::new(policy));
     }
 
-    /// Counts a new connection from `peer`, unless the peer has as many
-    /// as the limit allows (trusted proxies are not limited).
-    pub fn connect(&self, peer: IpAddr) -> Option<limits::ConnectionSlot> {
+    /// Admits a new connection from `peer`: `Err` when the peer has
+    /// as many as the limit allows; `Ok(Some(slot))`, counted until the
+    /// slot is dropped, when there is a limit; `Ok(None)` when there is
+    /// none (nothing to keep per connection). Trusted proxies are not
+    /// limited.
+    pub fn connect(
+        &self,
+        peer: IpAddr,
+    ) -> Result<Option<limits::ConnectionSlot>, TooManyConnections> {
         let policy = self.policy.load();
         let trusted = policy
             .limits
@@ -135,12 +150,27 @@ impl Gate {
             policy.limits.connections_per_ip
         };
         drop(policy);
-        self.connections.open(peer, max)
+        if max == 0 {
+            return Ok(None);
+        }
+        self.connections
+            .open(peer, max)
+            .map(Some)
+            .ok_or(TooManyConnections)
+    }
+
+    /// Counts connections opened and closed, for the metrics.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self, count: usize) {
+        self.open.fetch_sub(count, Ordering::Relaxed);
     }
 
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
-        self.connections.total()
+        self.open.load(Ordering::Relaxed)
     }
 }
 
@@ -149,6 +179,7 @@ impl Default for Gate {
         Gate {
             policy: ArcSwap::from_pointee(Policy::open()),
             connections: Arc::default(),
+            open: AtomicUsize::new(0),
             metrics: Metrics::default(),
         }
     }

@@ -108,6 +108,7 @@ pub(super) async fn run_sender(task: SenderTask) {
     };
     let mut outs = Vec::with_capacity(receivers.len());
     for receiver in receivers {
+        totals.waits.record(receiver.since.elapsed());
         let (queue, rx) = mpsc::channel(queue_chunks.max(1));
         let (done_tx, done) = oneshot::channel();
         let stream = ReceiverStream {
@@ -225,7 +226,7 @@ struct Outcome<'a> {
 
 impl Drop for Outcome<'_> {
     fn drop(&mut self) {
-        self.totals.record_duration(self.started.elapsed());
+        self.totals.durations.record(self.started.elapsed());
         let counter = if self.complete {
             &self.totals.completed
         } else {

@@ -87,28 +87,52 @@ struct Totals {
     completed: AtomicU64,
     aborted: AtomicU64,
     bytes: AtomicU64,
-    /// Ended transfers by duration: one count per bucket of
-    /// [`DURATION_BUCKETS`] and one past the last; and their sum in ms.
-    durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    duration_sum_ms: AtomicU64,
+    /// How long ended transfers ran.
+    durations: Histogram,
+    /// How long receivers waited for their transfer to start.
+    waits: Histogram,
 }
 
-/// Upper bounds, in seconds, of the transfer duration histogram.
-pub const DURATION_BUCKETS: [f64; 8] = [0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0];
+/// Counts of durations per bucket of [`DURATION_BUCKETS`] (and one past
+/// the last), and their sum in ms: plain atomics, read at scrape time.
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_ms: AtomicU64,
+}
 
-impl Totals {
-    /// Counts one ended transfer's duration.
-    fn record_duration(&self, took: Duration) {
+impl Histogram {
+    fn record(&self, took: Duration) {
         let seconds = took.as_secs_f64();
         let bucket = DURATION_BUCKETS
             .iter()
             .position(|&bound| seconds <= bound)
             .unwrap_or(DURATION_BUCKETS.len());
-        self.durations[bucket].fetch_add(1, Ordering::Relaxed);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        self.duration_sum_ms.fetch_add(ms, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
+            sum: self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        }
     }
 }
+
+/// A snapshot of a duration histogram.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Per bucket of [`DURATION_BUCKETS`] (not cumulative), the last one
+    /// past the last bound.
+    pub counts: [u64; DURATION_BUCKETS.len() + 1],
+    /// The durations' sum, in seconds.
+    pub sum: f64,
+}
+
+/// Upper bounds, in seconds, of the transfer duration histogram.
+pub const DURATION_BUCKETS: [f64; 8] = [0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0];
 
 /// A snapshot of [`Relay::totals`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -121,11 +145,10 @@ pub struct TotalsSnapshot {
     pub aborted: u64,
     /// Bytes read from senders of started transfers.
     pub bytes: u64,
-    /// Ended transfers per bucket of [`DURATION_BUCKETS`] (not
-    /// cumulative), the last one past the last bound.
-    pub durations: [u64; DURATION_BUCKETS.len() + 1],
-    /// Their summed duration, in seconds.
-    pub duration_sum: f64,
+    /// How long ended transfers ran.
+    pub durations: HistogramSnapshot,
+    /// How long receivers waited for their transfer to start.
+    pub waits: HistogramSnapshot,
 }
 
 /// The registry of paths. Cheap to clone; all clones share one registry.
@@ -517,8 +540,8 @@ impl Relay {
             completed: t.completed.load(Ordering::Relaxed),
             aborted: t.aborted.load(Ordering::Relaxed),
             bytes: t.bytes.load(Ordering::Relaxed),
-            durations: std::array::from_fn(|i| t.durations[i].load(Ordering::Relaxed)),
-            duration_sum: t.duration_sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            durations: t.durations.snapshot(),
+            waits: t.waits.snapshot(),
         }
     }
 

@@ -336,5 +336,6 @@ async fn totals_count_completed_transfers_and_bytes() {
         ),
         (1, 1, 0, 5)
     );
-    assert_eq!(totals.durations.iter().sum::<u64>(), 1);
+    assert_eq!(totals.durations.counts.iter().sum::<u64>(), 1);
+    assert_eq!(totals.waits.counts.iter().sum::<u64>(), 1);
 }

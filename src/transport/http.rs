@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -38,15 +39,38 @@ pub struct Handler {
     relay: Relay,
     /// Auth, limits and metrics, shared by every connection.
     gate: Arc<Gate>,
-    /// The connection's place among its peer's connections (and so its
-    /// peer's address), when the transport knows it. Shared, so that the
-    /// connection's task stays small.
-    peer: Option<Arc<ConnectionSlot>>,
-    /// Whether this listener is TLS (for the URLs shown in `/help`).
+    /// The connection's peer, when the transport knows it.
+    peer: Peer,
+    /// Whether this listener is TLS (for the URLs shown in `/help`), and
+    /// its `Alt-Svc` (advertising HTTP/3): one `Arc` for both keeps each
+    /// connection's task and each waiting request's future small.
+    listener: Arc<Listener>,
+}
+
+/// What a handler knows of its listener.
+struct Listener {
     tls: bool,
-    /// `Alt-Svc` for every response, advertising HTTP/3 (behind an `Arc`
-    /// so that each waiting request's future stays small).
-    alt_svc: Option<std::sync::Arc<HeaderValue>>,
+    alt_svc: Option<HeaderValue>,
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone)]
+enum Peer {
+    Unknown,
+    Address(IpAddr),
+    /// Held while the connection lasts (kept behind an `Arc` so the
+    /// connection's task stays small).
+    Counted(Arc<ConnectionSlot>),
+}
+
+impl Peer {
+    fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Unknown => None,
+            Peer::Address(ip) => Some(*ip),
+            Peer::Counted(slot) => Some(slot.ip()),
+        }
+    }
 }
 
 /// A request turned away: status and the one-line message.
@@ -136,9 +160,8 @@ impl Handler {
         Handler {
             relay,
             gate: Arc::default(),
-            peer: None,
-            tls,
-            alt_svc: None,
+            peer: Peer::Unknown,
+            listener: Arc::new(Listener { tls, alt_svc: None }),
         }
     }
 
@@ -150,9 +173,14 @@ impl Handler {
     }
 
     /// This handler for one connection from `peer`.
-    pub fn for_peer(&self, slot: ConnectionSlot) -> Self {
+    /// With `slot` (under a per-address limit), the connection is
+    /// counted until its handler goes.
+    pub fn for_peer(&self, ip: IpAddr, slot: Option<ConnectionSlot>) -> Self {
         let mut handler = self.clone();
-        handler.peer = Some(Arc::new(slot));
+        handler.peer = match slot {
+            Some(slot) => Peer::Counted(Arc::new(slot)),
+            None => Peer::Address(ip),
+        };
         handler
     }
 
@@ -163,7 +191,10 @@ impl Handler {
     /// Adds `Alt-Svc: <value>` to every response (an invalid value is
     /// ignored).
     pub fn with_alt_svc(mut self, value: &str) -> Self {
-        self.alt_svc = HeaderValue::from_str(value).ok().map(std::sync::Arc::new);
+        self.listener = Arc::new(Listener {
+            tls: self.listener.tls,
+            alt_svc: HeaderValue::from_str(value).ok(),
+        });
         self
     }
 
@@ -184,7 +215,7 @@ impl Handler {
     {
         let version = req.version();
         let head_only = req.method() == Method::HEAD;
-        let alt_svc = self.alt_svc.clone();
+        let listener = Arc::clone(&self.listener);
         let gate = Arc::clone(&self.gate);
         let finish = move |result: Result<Response<Body>, Refusal>| {
             let mut response = result.unwrap_or_else(|refusal| {
@@ -198,10 +229,10 @@ impl Handler {
                     .headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            if let Some(alt_svc) = alt_svc {
+            if let Some(alt_svc) = &listener.alt_svc {
                 response
                     .headers_mut()
-                    .insert(http::header::ALT_SVC, HeaderValue::clone(&alt_svc));
+                    .insert(http::header::ALT_SVC, alt_svc.clone());
             }
             if head_only {
                 // Same status and headers as GET, no body.
@@ -240,7 +271,7 @@ impl Handler {
     /// was found under, to be checked before the request goes on.
     fn admit<B>(&self, req: &Request<B>) -> Result<Option<(Arc<Policy>, PasswordCheck)>, Refusal> {
         let policy = self.gate.policy();
-        if let Some(peer) = self.peer.as_ref().map(|slot| slot.ip()) {
+        if let Some(peer) = self.peer.ip() {
             let forwarded = req
                 .headers()
                 .get("x-forwarded-for")
@@ -304,7 +335,7 @@ impl Handler {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         // Names (`/-/...` and their sub-domains) come first.
-        let req = match expose::intercept(&self.relay, req, self.tls) {
+        let req = match expose::intercept(&self.relay, req, self.listener.tls) {
             expose::Intercepted::Taken(reply) => {
                 return Route::Later(Box::pin(async move { Ok(reply.await?) }))
             }
@@ -337,7 +368,7 @@ impl Handler {
         let reserved = pages::Reserved::from_path(req.uri().path());
         if method == Method::GET || method == Method::HEAD {
             if let Some(page) = reserved {
-                return Route::Now(Ok(pages::render(page, &req, self.tls)));
+                return Route::Now(Ok(pages::render(page, &req, self.listener.tls)));
             }
         }
         let live = query_value(req.uri().query(), "live").is_some();
@@ -377,16 +408,13 @@ impl Handler {
             return match self.receive(&req) {
                 Ok(ticket) => {
                     drop(req);
-                    let metrics = self.gate.metrics.clone();
                     Route::Later(Box::pin(async move {
-                        let wait = metrics.waiting_receiver();
                         let delivery = match ticket.ready().await {
                             Ok(delivery) => Some(delivery),
                             // Cut between the rendezvous and the start.
                             Err(relay::Undelivered::SenderLeft) => None,
                             Err(other) => return Err(other.into()),
                         };
-                        wait.done();
                         Ok(match events {
                             Some((query, _)) => events_response(delivery, query.as_deref()),
                             None => receiver_response(delivery),

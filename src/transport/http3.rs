@@ -83,14 +83,18 @@ pub async fn serve(
     loop {
         let incoming = tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                handler.gate().closed(1);
+                continue;
+            }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming,
                 None => break,
             },
         };
         let span = tracing::debug_span!("h3", peer = %incoming.remote_address());
-        let Some(slot) = handler.gate().connect(incoming.remote_address().ip()) else {
+        let ip = incoming.remote_address().ip();
+        let Ok(slot) = handler.gate().connect(ip) else {
             handler
                 .gate()
                 .metrics
@@ -98,7 +102,8 @@ pub async fn serve(
             incoming.refuse();
             continue;
         };
-        let handler = handler.for_peer(slot);
+        let handler = handler.for_peer(ip, slot);
+        handler.gate().opened();
         connections.spawn(connection(incoming, handler).instrument(span));
     }
     tracing::info!(open = connections.len(), "HTTP/3 shutting down");
@@ -106,6 +111,7 @@ pub async fn serve(
         VarInt::from(Code::H3_NO_ERROR.value() as u32),
         b"shutting down",
     );
+    handler.gate().closed(connections.len());
     connections.shutdown().await;
     Ok(())
 }
