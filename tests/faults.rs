@@ -561,3 +561,39 @@ mod secure {
         one_receiver_leaves(Proto::H3, 3).await;
     }
 }
+
+/// An HTTP/1.1 sender that leaves while waiting, after sending more than
+/// the relay reads ahead: nothing reads its connection any more, so only
+/// the waiting line the relay writes again every few seconds finds it
+/// gone. The path is then free (spec section 8), within two of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_sender_past_its_read_ahead_that_leaves_frees_the_path() {
+    let server = Server::start().await;
+    let path = path("big-sender-leaves");
+    let mut sender = TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    sender.write_all(head.as_bytes()).await.expect("head");
+    // Half of the body: far more than the 64 KiB read ahead.
+    sender
+        .write_all(&Pattern::new(7).bytes(512 << 10))
+        .await
+        .expect("body");
+    server
+        .wait_for("sender waiting", |s| s.waiting_senders == 1)
+        .await;
+    drop(sender);
+    // Found gone by the second waiting line at the latest (5 s apart).
+    server.wait_empty().await;
+    let mut again = Conn::open(&server, Proto::Http11).await;
+    let req = again
+        .request("POST", &path)
+        .body(full("fresh"))
+        .expect("req");
+    let _again = tokio::spawn(again.send(req));
+    let (_r, received) = request(&server, Proto::Http11, "GET", &path, &[], empty()).await;
+    assert_eq!(read_body(received).await.expect("body"), "fresh");
+    server.stop().await;
+}

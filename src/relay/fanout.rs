@@ -68,6 +68,15 @@ pub(super) async fn run_sender(task: SenderTask) {
     let mut early: VecDeque<Bytes> = VecDeque::new();
     let mut early_bytes = 0;
     let mut body_ended = false;
+    // Once the read-ahead is full nothing reads the sender's connection,
+    // so its leaving would go unseen (HTTP/1); writing is then the only
+    // way to notice: the waiting line again, now and then. A write to a
+    // closed connection fails, and that drops this sender.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + WAITING_HEARTBEAT,
+        WAITING_HEARTBEAT,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let receivers = loop {
         tokio::select! {
             biased;
@@ -93,6 +102,9 @@ pub(super) async fn run_sender(task: SenderTask) {
                 // The sender left while waiting; the guard frees the path.
                 Some(Err(_)) => return,
             },
+            _ = heartbeat.tick(), if !body_ended && early_bytes >= read_ahead => {
+                say(Log::Waiting(n));
+            }
         }
     };
     tracing::debug!(path = %guard.path, receivers = receivers.len(), "transfer starts");
@@ -215,6 +227,10 @@ pub(super) async fn run_sender(task: SenderTask) {
     }
     tracing::debug!(path = %guard.path, sent, finished, "transfer ends");
 }
+
+/// How often a waiting sender whose read-ahead is full hears that it
+/// still waits (see `run_sender`).
+pub(super) const WAITING_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Counts a started transfer as completed or aborted when it ends, by
 /// whatever way it ends.

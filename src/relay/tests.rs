@@ -339,3 +339,30 @@ async fn totals_count_completed_transfers_and_bytes() {
     assert_eq!(totals.durations.counts.iter().sum::<u64>(), 1);
     assert_eq!(totals.waits.counts.iter().sum::<u64>(), 1);
 }
+
+/// A waiting sender whose read-ahead is full is told again that it waits,
+/// so that a write notices when its connection is gone; one whose body
+/// is all read ahead is not.
+#[tokio::test(start_paused = true)]
+async fn a_sender_past_its_read_ahead_hears_it_still_waits() {
+    let relay = Relay::new(RelayConfig {
+        read_ahead: 4,
+        ..RelayConfig::default()
+    });
+    let (tx, b) = body();
+    let mut log = relay.send("/p", 1, head(), b).expect("sender");
+    assert_eq!(log.next().await, Some(Log::Waiting(1)));
+    tx.send(Ok(Bytes::from_static(b"12345")))
+        .await
+        .expect("feed");
+    let again = tokio::time::timeout(fanout::WAITING_HEARTBEAT * 3, log.next()).await;
+    assert_eq!(again.ok().flatten(), Some(Log::Waiting(1)));
+    drop(tx);
+
+    let (tx, b) = body();
+    let mut log = relay.send("/q", 1, head(), b).expect("sender");
+    assert_eq!(log.next().await, Some(Log::Waiting(1)));
+    tx.send(Ok(Bytes::from_static(b"12"))).await.expect("feed");
+    let quiet = tokio::time::timeout(fanout::WAITING_HEARTBEAT * 3, log.next()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+}
