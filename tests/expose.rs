@@ -18,9 +18,10 @@
 //! Needs Debian's `curl`, `openssh-server` and `openssh-client`
 //! (`scripts/test.sh` installs them); a missing tool fails the test with
 //! the package's name. Run with `cargo test --test expose`;
-//! `EXPOSE_CHILD_LOG=tubes=debug` puts the children's debug logs into the
+//! `TEST_CHILD_LOG=tubes=debug` puts the children's debug logs into the
 //! failure messages.
 
+mod children;
 mod common;
 
 use std::convert::Infallible;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use children::*;
 use common::{Pattern, Server};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
@@ -43,9 +45,9 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{watch, Notify};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -62,207 +64,6 @@ const BIG: usize = 32 << 20;
 /// The sub-domain routing domain of the test relays.
 const DOMAIN: &str = "relay.test";
 const SSHD: &str = "/usr/sbin/sshd";
-
-// ---------------------------------------------------------------------
-// Temp dirs, tools, processes (as in tests/tunnel.rs).
-
-/// A temporary folder with a random name, removed when dropped, with an
-/// empty config folder for the children (`XDG_CONFIG_HOME`).
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let dir =
-            std::env::temp_dir().join(format!("tubes-expose-{tag}-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir_all(dir.join("config")).expect("create a temp dir");
-        Tmp(dir)
-    }
-
-    fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The path of `program`; a missing tool fails the test with the Debian
-/// package that has it.
-fn need(program: &str, package: &str) -> PathBuf {
-    let found = if program.contains('/') {
-        Some(PathBuf::from(program)).filter(|p| p.is_file())
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|p| p.is_file())
-        })
-    };
-    found.unwrap_or_else(|| {
-        panic!(
-            "`{program}` is missing: install the Debian package `{package}` \
-             (scripts/test.sh installs it)"
-        )
-    })
-}
-
-/// A command with a clean environment (no relay, config, log filter or
-/// proxy from the user), stdin and stdout empty, stderr captured.
-fn command(program: impl AsRef<std::ffi::OsStr>, tmp: &Tmp) -> Command {
-    let mut cmd = Command::new(program);
-    for (name, _) in std::env::vars_os() {
-        let name_text = name.to_string_lossy();
-        if name_text.starts_with("TUBES_") || name_text.to_ascii_lowercase().ends_with("_proxy") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("EXPOSE_CHILD_LOG").unwrap_or_else(|_| "info".into()),
-    )
-    .env("NO_COLOR", "1")
-    .env("XDG_CONFIG_HOME", tmp.join("config"))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    cmd
-}
-
-fn tubes(tmp: &Tmp, args: &[&str]) -> Command {
-    let mut cmd = command(env!("CARGO_BIN_EXE_tubes"), tmp);
-    cmd.args(args);
-    cmd
-}
-
-/// Kills a process group when dropped (a child and all it started).
-struct Group(u32);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.0)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn spawn_group(cmd: &mut Command, name: &str) -> (Child, Group) {
-    cmd.process_group(0).kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let group = Group(child.id().expect("a running child"));
-    (child, group)
-}
-
-/// A task aborted when dropped.
-struct Task(JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-#[derive(Default)]
-struct Log {
-    text: String,
-    closed: bool,
-}
-
-/// A long-running child whose stderr is collected as it comes.
-struct Proc {
-    name: String,
-    child: Child,
-    log: watch::Receiver<Log>,
-    _group: Group,
-}
-
-impl Proc {
-    fn start(mut cmd: Command, name: &str) -> Proc {
-        cmd.stderr(Stdio::piped());
-        let (mut child, group) = spawn_group(&mut cmd, name);
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, log) = watch::channel(Log::default());
-        tokio::spawn(async move {
-            let mut stderr = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while matches!(stderr.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
-                tx.send_modify(|log| log.text.push_str(&String::from_utf8_lossy(&line)));
-                line.clear();
-            }
-            tx.send_modify(|log| log.closed = true);
-        });
-        Proc {
-            name: name.to_owned(),
-            child,
-            log,
-            _group: group,
-        }
-    }
-
-    fn log(&self) -> String {
-        format!("--- {} stderr:\n{}", self.name, self.log.borrow().text)
-    }
-
-    /// The first stderr line `pick` accepts; fails the test if the process
-    /// stops first or after [`LIMIT`].
-    async fn line<T>(&self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
-        let mut log = self.log.clone();
-        let found = |log: &Log| log.text.lines().find_map(&pick);
-        let waited =
-            tokio::time::timeout(LIMIT, log.wait_for(|l| l.closed || found(l).is_some())).await;
-        let found = match waited {
-            Ok(Ok(log)) => found(&log),
-            Ok(Err(_)) => found(&self.log.borrow()),
-            Err(_) => panic!("no {what} within {LIMIT:?}\n{}", self.log()),
-        };
-        found.unwrap_or_else(|| panic!("stopped before printing {what}\n{}", self.log()))
-    }
-
-    async fn line_with(&self, needle: &str) -> String {
-        self.line(&format!("a line with {needle:?}"), |line| {
-            line.contains(needle).then(|| line.trim().to_owned())
-        })
-        .await
-    }
-
-    /// The `Listening on 127.0.0.1:PORT.` address.
-    async fn listening(&self) -> SocketAddr {
-        self.line("`Listening on` line", |line| {
-            line.strip_prefix("Listening on ")?
-                .strip_suffix('.')?
-                .parse()
-                .ok()
-        })
-        .await
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(LIMIT, self.child.wait()).await;
-    }
-}
-
-/// Runs a command to its end (stdout and stderr captured), bounded.
-async fn run(mut cmd: Command, limit: Duration) -> Result<Output, String> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let name = format!("{:?}", cmd.as_std());
-    let (child, _group) = spawn_group(&mut cmd, &name);
-    match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(out) => out.map_err(|e| format!("waiting for it: {e}")),
-        Err(_) => Err(format!("still running after {limit:?}")),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The output of a command that must succeed.
 #[track_caller]
@@ -313,7 +114,7 @@ async fn expose(tmp: &Tmp, relay: &str, args: &[&str], secret: bool) -> (Proc, O
     host.line_with("Exposed as '").await;
     let secret = match secret {
         true => Some(
-            host.line("the secret", |l| {
+            host.expect_line("the secret", |l| {
                 let l = l.trim();
                 (l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit())).then(|| l.to_owned())
             })
@@ -859,11 +660,6 @@ async fn serve_sshd(listener: TcpListener, config: PathBuf, log: Arc<Mutex<Strin
     }
 }
 
-/// Quotes a word for `sh`.
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshd_exposed_with_tcp_is_reached_by_ssh() {
     let server = relay(NamesConfig::default()).await;
@@ -1174,9 +970,9 @@ async fn a_name_is_free_once_its_grace_period_is_over() {
         "{answer:?}"
     );
     host.line_with("took over the name").await;
-    let status = tokio::time::timeout(LIMIT, host.child.wait()).await;
+    let status = host.exit(LIMIT).await;
     assert!(
-        matches!(&status, Ok(Ok(s)) if !s.success()),
+        !status.success(),
         "the replaced host: {status:?}\n{}",
         host.log()
     );
