@@ -127,9 +127,6 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpLi
     Ok(socket.into())
 }
 
-/// The first bytes of every cleartext HTTP/2 connection (prior knowledge).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Bytes read from a TLS socket at a time.
 const TLS_READ_BUFFER: usize = 64 * 1024;
 
@@ -139,6 +136,8 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    /// The largest first request head read without hyper.
+    max_head: usize,
     tls_handshake_timeout: Duration,
     /// Cancelled when the server drains (shared here rather than held by
     /// every connection's task).
@@ -178,26 +177,29 @@ impl Builders {
             http1,
             http2,
             header_read_timeout: config.header_read_timeout,
+            max_head: config
+                .max_header_bytes
+                .map_or(crate::transport::http1::MAX_HEAD, |max| {
+                    max.min(crate::transport::http1::MAX_HEAD)
+                }),
             tls_handshake_timeout: config.tls_handshake_timeout,
             drain: CancellationToken::new(),
         }
     }
 
-    /// Serves one cleartext connection: HTTP/2 if it opens with the
-    /// HTTP/2 preface, HTTP/1 otherwise.
+    /// Serves one cleartext connection: its first request here if it is
+    /// a plain GET (see [`crate::transport::http1`]), the rest with hyper:
+    /// HTTP/2 if the connection opens with its preface, else HTTP/1.
     async fn serve(self: Arc<Self>, stream: TcpStream, handler: Handler) {
-        let h2 = match tokio::time::timeout(self.header_read_timeout, starts_h2(&stream)).await {
-            Ok(Ok(h2)) => h2,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "connection failed before its first request");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("no request head in time");
-                return;
-            }
-        };
-        self.serve_io(TokioIo::new(stream), h2, handler).await;
+        use crate::transport::http1::{serve_first, Outcome};
+        match serve_first(stream, &handler, self.header_read_timeout, self.max_head).await {
+            Outcome::Closed => {}
+            // Boxed: hyper's connection state is only allocated for the
+            // connections that get that far, and a waiting receiver's
+            // task stays small.
+            Outcome::Http2(io) => Box::pin(self.serve_io(TokioIo::new(io), true, handler)).await,
+            Outcome::Http1(io) => Box::pin(self.serve_io(TokioIo::new(io), false, handler)).await,
+        }
     }
 
     /// Serves one TLS connection: the handshake (bounded in time, in the
@@ -262,26 +264,6 @@ impl Builders {
         if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
         }
-    }
-}
-
-/// Peeks (without reading) at a new connection's first bytes to tell
-/// HTTP/2 prior knowledge from HTTP/1. Peeking instead of reading keeps
-/// hyper's HTTP/1 read buffer at its first, small size while a request
-/// waits (see shared/notes/measurements.md).
-async fn starts_h2(stream: &TcpStream) -> io::Result<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    // A preface split over several segments: look again a little later
-    // (bounded: the caller's timeout ends it).
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -443,6 +425,7 @@ mod tests {
         let handler = handler.for_peer(IpAddr::from([127, 0, 0, 1]), Some(slot));
         let task = builders.serve(client, handler).instrument(span);
         let size = std::mem::size_of_val(&task);
+        eprintln!("a connection task: {size} bytes");
         assert!(size <= 1024, "a connection's future takes {size} bytes");
     }
 }

@@ -3,6 +3,8 @@
 //! - [`expose`]: names: hosts registered under a name, reached through
 //!   the relay (`/-/...`, sub-domains).
 //! - [`http`]: HTTP/1.0, HTTP/1.1 and cleartext HTTP/2 on one port (hyper).
+//! - [`http1`]: the first request of a cleartext connection, answered
+//!   without hyper (a waiting receiver keeps no read buffer).
 //! - [`http3`]: HTTP/3 over QUIC (quinn and h3), on the same handler.
 //! - [`pages`]: the reserved pages (`/`, `/noscript`, `/help`, ...).
 //! - [`sse`]: Server-Sent Events views of a stream.
@@ -12,6 +14,7 @@
 pub mod body;
 pub mod expose;
 pub mod http;
+pub mod http1;
 pub mod http3;
 pub mod pages;
 pub mod sse;

@@ -1,0 +1,583 @@
+//! The first request of a cleartext connection, read and answered here;
+//! whatever follows on the connection goes to hyper.
+//!
+//! Why not hyper from the first byte: a receiver that waits for its sender
+//! is a connection with one pending GET, and there may be tens of
+//! thousands of them. hyper keeps an 8 KiB read buffer per connection (its
+//! floor), whose first page the request head touches, so each waiting
+//! receiver cost 4 KiB more than the receiver itself. Here the head is
+//! read into a small buffer, parsed with `httparse` (what hyper uses), and
+//! the buffer is gone before the request waits.
+//!
+//! Taken here: a first request that is a plain `GET` over HTTP/1.0 or
+//! HTTP/1.1, with no body, no `Expect` and no `Upgrade`. Everything else
+//! (HTTP/2's preface, other methods, WebSocket upgrades, heads that are
+//! malformed or larger than [`MAX_HEAD`]) goes to hyper with the bytes
+//! read so far put back in front ([`Rewind`]), so hyper answers it exactly
+//! as it would have. The response is written the way hyper writes it:
+//! same status line, headers, framing (`content-length`, chunked, or until
+//! close for HTTP/1.0), `connection: close` and `date`, and a body cut
+//! short ends the connection without a clean end.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::body::Body;
+use super::http::Handler;
+
+/// The first bytes of every cleartext HTTP/2 connection (prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The head buffer's first size: a typical request head fits.
+const FIRST_READ: usize = 1024;
+
+/// Heads larger than this go to hyper (which applies `max_header_bytes`).
+pub const MAX_HEAD: usize = 8192;
+
+/// Headers parsed here; a request with more goes to hyper.
+const MAX_HEADERS: usize = 48;
+
+/// Bytes a client may send ahead (a pipelined request) while its first
+/// request waits; beyond this the connection is not read until the
+/// response is written.
+const MAX_AHEAD: usize = 64 * 1024;
+
+/// What became of a connection after its first request.
+pub enum Outcome {
+    /// An HTTP/2 connection (prior knowledge), its first bytes put back.
+    Http2(Rewind),
+    /// hyper serves the connection from here, the bytes read but not
+    /// used put back: a request not taken here, or what follows a request
+    /// answered here on a connection kept alive.
+    Http1(Rewind),
+    /// The connection is over.
+    Closed,
+}
+
+/// Reads the connection's first request head within `head_timeout` and,
+/// if it is one taken here, answers it.
+pub async fn serve_first(
+    stream: TcpStream,
+    handler: &Handler,
+    head_timeout: Duration,
+    max_head: usize,
+) -> Outcome {
+    // Boxed, like writing below: reading the head needs a timer and a
+    // buffer, and none of it while the request waits.
+    let (reply, ahead, keep_alive) =
+        match Box::pin(read_first(&stream, head_timeout, max_head)).await {
+            First::Closed => return Outcome::Closed,
+            First::Http2(read) => return Outcome::Http2(Rewind::new(stream, read)),
+            First::NotTaken(read) => return Outcome::Http1(Rewind::new(stream, read)),
+            First::Get(request, ahead) => {
+                let keep_alive =
+                    request.version() == Version::HTTP_11 && !asks_close(request.headers());
+                // What waits from here on is the reply, the connection and
+                // the bytes read ahead: the request and its head buffer
+                // are gone.
+                (handler.handle(request), ahead, keep_alive)
+            }
+        };
+    answer(stream, reply, ahead, keep_alive).await
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    reply: super::http::Reply,
+    mut ahead: BytesMut,
+    keep_alive: bool,
+) -> Outcome {
+    let Some(response) = respond_or_hang_up(&stream, reply, &mut ahead).await else {
+        tracing::debug!("client left before its response");
+        return Outcome::Closed;
+    };
+    // Boxed: writing needs more state than waiting, and only a
+    // connection whose response is ready needs it.
+    match Box::pin(write_response(&mut stream, response, keep_alive)).await {
+        Ok(true) => Outcome::Http1(Rewind::new(stream, ahead.freeze())),
+        Ok(false) => {
+            let _ = stream.shutdown().await;
+            Outcome::Closed
+        }
+        Err(error) => {
+            // Dropped without a clean end: the client sees a cut response.
+            tracing::debug!(%error, "response cut short");
+            Outcome::Closed
+        }
+    }
+}
+
+/// The connection's first bytes, read.
+// Passed by value once per request, never kept: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+enum First {
+    Closed,
+    /// HTTP/2's preface, and the bytes read.
+    Http2(Bytes),
+    /// A request for hyper, and the bytes read.
+    NotTaken(Bytes),
+    /// A GET taken here, and the bytes after its head.
+    Get(Request<http_body_util::Empty<Bytes>>, BytesMut),
+}
+
+async fn read_first(stream: &TcpStream, head_timeout: Duration, max_head: usize) -> First {
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let head = match tokio::time::timeout(head_timeout, read_head(stream, &mut buf, max_head)).await
+    {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before its first request");
+            return First::Closed;
+        }
+        Err(_) => {
+            tracing::debug!("no request head in time");
+            return First::Closed;
+        }
+    };
+    match head {
+        Head::Closed => First::Closed,
+        Head::Http2 => First::Http2(buf.freeze()),
+        Head::NotTaken => First::NotTaken(buf.freeze()),
+        Head::Get(request, length) => {
+            // Keep what came after the head (rarely anything), not the
+            // buffer.
+            let mut ahead = BytesMut::new();
+            if buf.len() > length {
+                ahead.extend_from_slice(&buf[length..]);
+            }
+            First::Get(request, ahead)
+        }
+    }
+}
+
+/// The response, or `None` if the client left first. While the response
+/// is pending the connection is watched: a client that leaves cancels its
+/// request (a waiting receiver frees its path at once).
+async fn respond_or_hang_up(
+    stream: &TcpStream,
+    reply: super::http::Reply,
+    ahead: &mut BytesMut,
+) -> Option<Response<Body>> {
+    tokio::select! {
+        biased;
+        result = reply => match result {
+            Ok(response) => Some(response),
+            Err(never) => match never {},
+        },
+        () = hang_up(stream, ahead) => None,
+    }
+}
+
+/// What the first bytes of a connection are.
+// Passed by value once per request, never kept: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// The client closed before a whole head.
+    Closed,
+    /// The HTTP/2 preface.
+    Http2,
+    /// A request for hyper (see the module's doc).
+    NotTaken,
+    /// A GET taken here, and the length of its head.
+    Get(Request<http_body_util::Empty<Bytes>>, usize),
+}
+
+async fn read_head(stream: &TcpStream, buf: &mut BytesMut, max_head: usize) -> io::Result<Head> {
+    loop {
+        if !buf.is_empty() {
+            let preface = buf.len().min(H2_PREFACE.len());
+            if buf[..preface] == H2_PREFACE[..preface] {
+                if preface == H2_PREFACE.len() {
+                    return Ok(Head::Http2);
+                }
+            } else {
+                match parse(buf) {
+                    Parsed::Partial if buf.len() < max_head => {}
+                    Parsed::Partial | Parsed::NotTaken => return Ok(Head::NotTaken),
+                    Parsed::Get(request, length) => return Ok(Head::Get(request, length)),
+                }
+            }
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Ok(0) => {
+                return Ok(if buf.is_empty() {
+                    Head::Closed
+                } else {
+                    Head::NotTaken
+                })
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+// Passed by value once per request, never kept: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Partial,
+    NotTaken,
+    Get(Request<http_body_util::Empty<Bytes>>, usize),
+}
+
+/// Parses a request head; only a GET this module takes becomes a request.
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let length = match head.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::NotTaken,
+    };
+    match request_of(&head) {
+        Some(request) => Parsed::Get(request, length),
+        None => Parsed::NotTaken,
+    }
+}
+
+fn request_of(head: &httparse::Request<'_, '_>) -> Option<Request<http_body_util::Empty<Bytes>>> {
+    if head.method? != "GET" {
+        return None;
+    }
+    let version = match head.version? {
+        0 => Version::HTTP_10,
+        1 => Version::HTTP_11,
+        _ => return None,
+    };
+    let uri: Uri = head.path?.parse().ok()?;
+    let mut map = HeaderMap::with_capacity(head.headers.len());
+    for header in head.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(header.value).ok()?;
+        let taken = match name.as_str() {
+            "upgrade" | "expect" | "transfer-encoding" => false,
+            "content-length" => value.as_bytes() == b"0",
+            _ => true,
+        };
+        if !taken {
+            return None;
+        }
+        map.append(name, value);
+    }
+    let mut request = Request::new(http_body_util::Empty::new());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = map;
+    Some(request)
+}
+
+/// Whether `Connection` lists `close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// Completes when the client closes the connection (or it fails). Bytes it
+/// sends meanwhile are kept in `ahead`, up to [`MAX_AHEAD`].
+async fn hang_up(stream: &TcpStream, ahead: &mut BytesMut) {
+    loop {
+        if ahead.len() >= MAX_AHEAD {
+            return std::future::pending().await;
+        }
+        if stream.readable().await.is_err() {
+            return;
+        }
+        ahead.reserve(FIRST_READ);
+        match stream.try_read_buf(ahead) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 without a length).
+    Close,
+}
+
+/// Writes the response; `Ok(true)` if the connection may carry another
+/// request. An error (the body cut short, the client gone) means the
+/// connection must be dropped as it is.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: Response<Body>,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let http10 = parts.version == Version::HTTP_10;
+    let mut keep_alive = keep_alive && !http10 && !asks_close(&parts.headers);
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        header_line(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // Statuses that never have a body get no framing headers (as hyper).
+    let bodiless = parts.status.is_informational()
+        || parts.status == http::StatusCode::NO_CONTENT
+        || parts.status == http::StatusCode::NOT_MODIFIED;
+    let framing = match (declared, http_body::Body::size_hint(&body).exact()) {
+        _ if bodiless => Framing::Length(0),
+        (Some(length), _) => Framing::Length(length),
+        (None, Some(length)) => {
+            header_line(&mut head, b"content-length", length.to_string().as_bytes());
+            Framing::Length(length)
+        }
+        (None, None) if http10 => {
+            keep_alive = false;
+            Framing::Close
+        }
+        (None, None) => {
+            header_line(&mut head, TRANSFER_ENCODING.as_str().as_bytes(), b"chunked");
+            Framing::Chunked
+        }
+    };
+    if !keep_alive && !http10 && !parts.headers.contains_key(CONNECTION) {
+        header_line(&mut head, b"connection", b"close");
+    }
+    header_line(
+        &mut head,
+        b"date",
+        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+
+    // The head goes out with the first piece of the body when that is
+    // ready at once, else alone (a waiting stream still gets its head).
+    let mut head = Some(Bytes::from(head));
+    let mut sent: u64 = 0;
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                if let Some(head) = head.take() {
+                    stream.write_all(&head).await?;
+                }
+                body.frame().await
+            }
+        };
+        let pending = head.take().unwrap_or_default();
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    // Trailers: HTTP/1 here sends none.
+                    stream.write_all(&pending).await?;
+                    continue;
+                };
+                if data.is_empty() {
+                    stream.write_all(&pending).await?;
+                    continue;
+                }
+                sent += data.len() as u64;
+                match framing {
+                    Framing::Length(length) if sent > length => {
+                        return Err(io::Error::other("body longer than its content-length"));
+                    }
+                    Framing::Length(_) | Framing::Close => {
+                        let mut out = pending.chain(data);
+                        stream.write_all_buf(&mut out).await?;
+                    }
+                    Framing::Chunked => {
+                        let size = Bytes::from(format!("{:X}\r\n", data.len()));
+                        let mut out = pending.chain(size).chain(data).chain(&b"\r\n"[..]);
+                        stream.write_all_buf(&mut out).await?;
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                stream.write_all(&pending).await?;
+                return Err(io::Error::other(error));
+            }
+            None => {
+                match framing {
+                    Framing::Length(length) if sent != length => {
+                        stream.write_all(&pending).await?;
+                        return Err(io::Error::other("body shorter than its content-length"));
+                    }
+                    Framing::Length(_) | Framing::Close => stream.write_all(&pending).await?,
+                    Framing::Chunked => {
+                        let mut out = pending.chain(&b"0\r\n\r\n"[..]);
+                        stream.write_all_buf(&mut out).await?;
+                    }
+                }
+                return Ok(keep_alive);
+            }
+        }
+    }
+}
+
+fn header_line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// A connection with bytes already read from it put back in front.
+pub struct Rewind {
+    before: Bytes,
+    stream: TcpStream,
+}
+
+impl Rewind {
+    fn new(stream: TcpStream, before: Bytes) -> Self {
+        Rewind { before, stream }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.before.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.before.len().min(buf.remaining());
+        buf.put_slice(&this.before[..n]);
+        this.before.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(head: &str) -> Option<Request<http_body_util::Empty<Bytes>>> {
+        match parse(head.as_bytes()) {
+            Parsed::Get(request, length) => {
+                assert_eq!(length, head.len());
+                Some(request)
+            }
+            Parsed::Partial => panic!("partial: {head:?}"),
+            Parsed::NotTaken => None,
+        }
+    }
+
+    #[test]
+    fn plain_gets_are_taken() {
+        let request =
+            taken("GET /a?n=2 HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n").expect("taken");
+        assert_eq!(request.uri().path(), "/a");
+        assert_eq!(request.uri().query(), Some("n=2"));
+        assert_eq!(request.version(), Version::HTTP_11);
+        assert_eq!(request.headers().get_all("x-two").iter().count(), 2);
+        let request = taken("GET / HTTP/1.0\n\n").expect("bare LF");
+        assert_eq!(request.version(), Version::HTTP_10);
+        assert!(taken("GET /z HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+        let absolute = taken("GET http://h:1/p HTTP/1.1\r\n\r\n").expect("absolute form");
+        assert_eq!(absolute.uri().path(), "/p");
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for head in [
+            "PUT /a HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+            "POST /a HTTP/1.1\r\n\r\n",
+            "HEAD /a HTTP/1.1\r\n\r\n",
+            "OPTIONS /a HTTP/1.1\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            "GET /a HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET /a\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(taken(head).is_none(), "{head:?} was taken");
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(taken(&format!("GET /a HTTP/1.1\r\n{many}\r\n")).is_none());
+    }
+
+    #[test]
+    fn heads_in_progress_are_partial() {
+        for head in ["G", "GET /a HTTP/1.1\r\n", "GET /a HTTP/1.1\r\nHost: h\r\n"] {
+            assert!(
+                matches!(parse(head.as_bytes()), Parsed::Partial),
+                "{head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_is_found_among_connection_tokens() {
+        let mut headers = HeaderMap::new();
+        assert!(!asks_close(&headers));
+        headers.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!asks_close(&headers));
+        headers.append(CONNECTION, HeaderValue::from_static("TE, Close"));
+        assert!(asks_close(&headers));
+    }
+}
