@@ -379,30 +379,28 @@ async fn write_response(
     );
     head.extend_from_slice(b"\r\n");
 
-    // The head goes out with the first piece of the body when that is
-    // ready at once, else alone (a waiting stream still gets its head).
-    let mut head = Some(Bytes::from(head));
+    // Pieces are gathered while the body has more ready at once, and go
+    // out together (one `writev`): the head with the first piece, a
+    // batch of the relay's chunks in one call, and the head alone when
+    // the body is not ready yet (a waiting stream still gets its head).
+    let mut out = Pieces::default();
+    out.push(Bytes::from(head));
     let mut sent: u64 = 0;
     loop {
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None => {
-                if let Some(head) = head.take() {
-                    stream.write_all(&head).await?;
-                }
+                out.write_to(stream).await?;
                 body.frame().await
             }
         };
-        let pending = head.take().unwrap_or_default();
         match frame {
             Some(Ok(frame)) => {
+                // Trailers (not data): HTTP/1 here sends none.
                 let Ok(data) = frame.into_data() else {
-                    // Trailers: HTTP/1 here sends none.
-                    stream.write_all(&pending).await?;
                     continue;
                 };
                 if data.is_empty() {
-                    stream.write_all(&pending).await?;
                     continue;
                 }
                 sent += data.len() as u64;
@@ -410,36 +408,97 @@ async fn write_response(
                     Framing::Length(length) if sent > length => {
                         return Err(io::Error::other("body longer than its content-length"));
                     }
-                    Framing::Length(_) | Framing::Close => {
-                        let mut out = pending.chain(data);
-                        stream.write_all_buf(&mut out).await?;
-                    }
+                    Framing::Length(_) | Framing::Close => out.push(data),
                     Framing::Chunked => {
-                        let size = Bytes::from(format!("{:X}\r\n", data.len()));
-                        let mut out = pending.chain(size).chain(data).chain(&b"\r\n"[..]);
-                        stream.write_all_buf(&mut out).await?;
+                        out.push(Bytes::from(format!("{:X}\r\n", data.len())));
+                        out.push(data);
+                        out.push(Bytes::from_static(b"\r\n"));
                     }
+                }
+                if out.remaining() >= GATHER_BYTES || out.parts.len() >= GATHER_PARTS {
+                    out.write_to(stream).await?;
                 }
             }
             Some(Err(error)) => {
-                stream.write_all(&pending).await?;
+                // What came before the cut is delivered, then the cut.
+                out.write_to(stream).await?;
                 return Err(io::Error::other(error));
             }
             None => {
                 match framing {
                     Framing::Length(length) if sent != length => {
-                        stream.write_all(&pending).await?;
+                        out.write_to(stream).await?;
                         return Err(io::Error::other("body shorter than its content-length"));
                     }
-                    Framing::Length(_) | Framing::Close => stream.write_all(&pending).await?,
-                    Framing::Chunked => {
-                        let mut out = pending.chain(&b"0\r\n\r\n"[..]);
-                        stream.write_all_buf(&mut out).await?;
-                    }
+                    Framing::Length(_) | Framing::Close => {}
+                    Framing::Chunked => out.push(Bytes::from_static(b"0\r\n\r\n")),
                 }
+                out.write_to(stream).await?;
                 return Ok(keep_alive);
             }
         }
+    }
+}
+
+/// Bytes gathered before a write (see `write_response`).
+const GATHER_BYTES: usize = 256 * 1024;
+/// Pieces gathered before a write: tokio's `writev` takes up to 64.
+const GATHER_PARTS: usize = 60;
+
+/// Pieces of a response waiting to be written with one `writev`.
+#[derive(Default)]
+struct Pieces {
+    parts: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Pieces {
+    fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.parts.push_back(piece);
+        }
+    }
+
+    async fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        if self.len > 0 {
+            stream.write_all_buf(self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Buf for Pieces {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |piece| piece.as_ref())
+    }
+
+    fn advance(&mut self, mut count: usize) {
+        self.len -= count.min(self.len);
+        while count > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            if count < front.len() {
+                front.advance(count);
+                return;
+            }
+            count -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, slices: &mut [io::IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        for (slice, piece) in slices.iter_mut().zip(self.parts.iter()) {
+            *slice = io::IoSlice::new(piece);
+            filled += 1;
+        }
+        filled
     }
 }
 
@@ -569,6 +628,25 @@ mod tests {
                 "{head:?}"
             );
         }
+    }
+
+    #[test]
+    fn pieces_advance_across_their_parts() {
+        let mut pieces = Pieces::default();
+        for part in ["ab", "", "cde", "f"] {
+            pieces.push(Bytes::from(part));
+        }
+        assert_eq!(pieces.remaining(), 6);
+        assert_eq!(pieces.parts.len(), 3, "empty parts are not kept");
+        let mut slices = [io::IoSlice::new(&[]); 2];
+        assert_eq!(pieces.chunks_vectored(&mut slices), 2);
+        assert_eq!(&*slices[1], b"cde");
+        pieces.advance(3);
+        assert_eq!(pieces.chunk(), b"de");
+        assert_eq!(pieces.remaining(), 3);
+        pieces.advance(3);
+        assert_eq!(pieces.remaining(), 0);
+        assert!(pieces.chunk().is_empty());
     }
 
     #[test]
