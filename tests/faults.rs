@@ -325,6 +325,14 @@ async fn all_receivers_leave() {
             .expect("response");
         drop(response);
     }
+    // The log is read from before the receivers leave: the client drops
+    // what it has not read once the server closes the upload it writes.
+    let response = tokio::time::timeout(LIMIT, sent)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("sender");
+    let log = tokio::spawn(read_body(response));
     drop(conns);
     // Keep writing: the relay notices the receivers gone on its next write.
     let writer = tokio::spawn(async move {
@@ -335,12 +343,11 @@ async fn all_receivers_leave() {
         }
         false
     });
-    let response = tokio::time::timeout(LIMIT, sent)
+    let log = tokio::time::timeout(LIMIT, log)
         .await
         .expect("in time")
-        .expect("task")
-        .expect("sender");
-    let log = String::from_utf8_lossy(&read_body(response).await.expect("log")).into_owned();
+        .expect("task");
+    let log = String::from_utf8_lossy(&log.expect("log")).into_owned();
     assert!(
         log.ends_with("[INFO] All receiver(s) was/were aborted halfway.\n"),
         "{log}"

@@ -237,3 +237,108 @@ async fn a_waiting_receiver_that_leaves_frees_its_path() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// An upload with a length to a receiver that are both first requests:
+/// the bytes go socket to socket (spliced), arrive whole and in order,
+/// are counted as relayed, and the sender's log says all went well; in
+/// both arrival orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_a_first_request_receiver_arrives_whole() {
+    let server = Server::start().await;
+    let data = common::Pattern::new(7).bytes(24 << 20);
+    for (round, receiver_first) in [(0, true), (1, false)] {
+        let path = format!("/spliced-{round}");
+        let addr = server.addr;
+        let get = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let receive = async move {
+            let mut r = TcpStream::connect(addr).await.expect("connect");
+            r.write_all(get.as_bytes()).await.expect("write");
+            let mut rest = Vec::new();
+            read_response(&mut r, &mut rest).await
+        };
+        let before = server.relay.totals().bytes;
+        let receiver = if receiver_first {
+            let receiver = tokio::spawn(receive);
+            server
+                .wait_for("receiver", |s| s.waiting_receivers == 1)
+                .await;
+            receiver
+        } else {
+            // The sender waits first; the receiver comes once it is in.
+            tokio::spawn(receive)
+        };
+        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        let (mut read, mut write) = s.into_split();
+        let body = data.clone();
+        // The writing half is kept open until the log has been read: a
+        // client that half-closes is taken as gone (as with hyper).
+        let upload = tokio::spawn(async move { write.write_all(&body).await.map(|()| write) });
+        let mut log = Vec::new();
+        tokio::time::timeout(LIMIT, read.read_to_end(&mut log))
+            .await
+            .expect("log in time")
+            .expect("log");
+        drop(upload.await.expect("task").expect("upload"));
+        let log = String::from_utf8_lossy(&log).into_owned();
+        assert!(
+            log.contains("All receiver(s) was/were received successfully."),
+            "{log}"
+        );
+        let (head, body) = tokio::time::timeout(LIMIT, receiver)
+            .await
+            .expect("in time")
+            .expect("task");
+        assert!(
+            head.contains(&format!("content-length: {}", data.len())),
+            "{head}"
+        );
+        assert!(body == data, "round {round}: the body differs");
+        assert_eq!(
+            server.relay.totals().bytes - before,
+            data.len() as u64,
+            "bytes counted as relayed"
+        );
+    }
+    server.wait_empty().await;
+    server.stop().await;
+}
+
+/// An upload cut short while it is spliced cuts its receiver: fewer bytes
+/// than its length, then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_while_spliced_cuts_the_receiver() {
+    let server = Server::start().await;
+    let addr = server.addr;
+    let receiver = tokio::spawn(async move {
+        let mut r = TcpStream::connect(addr).await.expect("connect");
+        r.write_all(b"GET /cut-splice HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(LIMIT, r.read_to_end(&mut all))
+            .await
+            .expect("closed in time");
+        all
+    });
+    server
+        .wait_for("receiver", |s| s.waiting_receivers == 1)
+        .await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    s.write_all(b"PUT /cut-splice HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
+        .await
+        .expect("write");
+    s.write_all(&vec![b'x'; 3_000_000]).await.expect("write");
+    drop(s);
+    let all = receiver.await.expect("task");
+    let at = find(&all, b"\r\n\r\n").expect("a head") + 4;
+    let body = &all[at..];
+    assert!(body.len() < 10_000_000, "the receiver got it all?");
+    assert!(body.iter().all(|&b| b == b'x'), "only the bytes sent");
+    server.wait_empty().await;
+    server.stop().await;
+}

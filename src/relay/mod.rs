@@ -39,7 +39,7 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 pub use fanout::{Aborted, ReceiverStream};
-pub use protocol::{parse_count, safe_content_type, Count, Head, Log, Reject};
+pub use protocol::{parse_count, safe_content_type, Count, Head, Log, Offer, Reject};
 
 /// Why a sender's body stopped before its end.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -533,6 +533,12 @@ impl Relay {
     }
 
     /// Totals since the relay started.
+    /// Counts bytes a transport relayed itself, past the fan-out (spliced
+    /// from a sender's socket to its receiver's; see [`Head::offer`]).
+    pub fn count_relayed(&self, bytes: u64) {
+        self.shared.totals.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn totals(&self) -> TotalsSnapshot {
         let t = &self.shared.totals;
         TotalsSnapshot {

@@ -21,7 +21,30 @@ pub struct Head {
     pub content_disposition: Option<Bytes>,
     /// Every `X-Piping` value of the sender, in order.
     pub x_piping: Vec<Bytes>,
+    /// What the sender's transport offers the receiving one beyond bytes
+    /// (the HTTP/1 transport: its socket, to splice from). The core only
+    /// carries it; a transport that does not know it ignores it.
+    pub offer: Option<Offer>,
 }
+
+/// An offer from one transport to another, opaque to the core (see
+/// [`Head::offer`]).
+#[derive(Clone)]
+pub struct Offer(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl fmt::Debug for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Offer")
+    }
+}
+
+impl PartialEq for Offer {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Offer {}
 
 /// A media type that is exactly `text/html` becomes `text/plain`, with its
 /// parameters kept, so a transfer can never be served as a page of the

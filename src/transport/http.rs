@@ -437,7 +437,11 @@ impl Handler {
         }
         let n = parse_count(query_value(req.uri().query(), "n").as_deref())?;
         let version = req.version();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // The sender's transport may offer its receiver more than bytes
+        // (see `transport::http1`); only a plain transfer to one receiver
+        // can use it.
+        let offer = parts.extensions.remove::<relay::Offer>();
         let path = parts.uri.path();
         let mut body: ByteStream = Box::pin(body.into_data_stream().map_err(Into::into));
         if expects_continue(&parts.headers) {
@@ -451,7 +455,11 @@ impl Handler {
             .collect();
         let (head, body) = match multipart_boundary(&parts.headers)? {
             Some(boundary) => first_part(body, boundary, x_piping).await?,
-            None => (head_of(&parts.headers, x_piping), body),
+            None => {
+                let mut head = head_of(&parts.headers, x_piping);
+                head.offer = offer.filter(|_| n == 1);
+                (head, body)
+            }
         };
         let log = self.relay.send(path, n, head, body)?;
         tracing::debug!(path, n, "sender registered");
@@ -563,6 +571,9 @@ fn receiver_response(delivery: Option<relay::Delivery>) -> Response<Body> {
         return Response::new(Body::Stream(relay::ReceiverStream::aborted()));
     };
     let mut response = Response::new(Body::Stream(body));
+    if let Some(offer) = head.offer {
+        response.extensions_mut().insert(offer);
+    }
     let headers = response.headers_mut();
     if let Some(length) = head.content_length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -647,6 +658,7 @@ fn head_of(headers: &HeaderMap, x_piping: Vec<Bytes>) -> Head {
         content_type: header_bytes(headers, &CONTENT_TYPE).map(|v| safe_content_type(&v)),
         content_disposition: header_bytes(headers, &CONTENT_DISPOSITION),
         x_piping,
+        offer: None,
     }
 }
 
@@ -820,6 +832,7 @@ async fn first_part(
         content_type: header_bytes(field.headers(), &CONTENT_TYPE).map(|v| safe_content_type(&v)),
         content_disposition: header_bytes(field.headers(), &CONTENT_DISPOSITION),
         x_piping,
+        offer: None,
     };
     // The part's stream keeps the parser alive; the rest of the body after
     // the first part is never read.

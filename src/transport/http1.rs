@@ -17,7 +17,9 @@
 //! as it would have. The response is written the way hyper writes it:
 //! same status line, headers, framing (`content-length`, chunked, or until
 //! close for HTTP/1.0), `connection: close` and `date`, and a body cut
-//! short ends the connection without a clean end.
+//! short ends the connection without a clean end: with no last chunk, or
+//! short of its `content-length`, or (a body delimited by the close, which
+//! hyper ended with a FIN as if whole) with a reset.
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -34,6 +36,8 @@ use tokio::net::TcpStream;
 
 use super::body::Body;
 use super::http::Handler;
+
+mod upload;
 
 /// The first bytes of every cleartext HTTP/2 connection (prior knowledge).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -79,13 +83,29 @@ pub async fn serve_first(
             First::Closed => return Outcome::Closed,
             First::Http2(read) => return Outcome::Http2(Rewind::new(stream, read)),
             First::NotTaken(read) => return Outcome::Http1(Rewind::new(stream, read)),
-            First::Get(request, ahead) => {
-                let keep_alive =
-                    request.version() == Version::HTTP_11 && !asks_close(request.headers());
+            First::Taken(
+                Taken {
+                    parts,
+                    upload: None,
+                },
+                ahead,
+            ) => {
+                let keep_alive = parts.version == Version::HTTP_11 && !asks_close(&parts.headers);
                 // What waits from here on is the reply, the connection and
                 // the bytes read ahead: the request and its head buffer
                 // are gone.
+                let request = Request::from_parts(*parts, http_body_util::Empty::<Bytes>::new());
                 (handler.handle(request), ahead, keep_alive)
+            }
+            First::Taken(
+                Taken {
+                    parts,
+                    upload: Some(upload),
+                },
+                ahead,
+            ) => {
+                // Boxed: only senders need it.
+                return Box::pin(upload::serve(stream, handler, *parts, upload, ahead)).await;
             }
         };
     answer(stream, reply, ahead, keep_alive).await
@@ -103,7 +123,14 @@ async fn answer(
     };
     // Boxed: writing needs more state than waiting, and only a
     // connection whose response is ready needs it.
-    match Box::pin(write_response(&mut stream, response, keep_alive)).await {
+    match Box::pin(write_response(
+        &mut stream,
+        response,
+        keep_alive,
+        Some(&mut ahead),
+    ))
+    .await
+    {
         Ok(true) => Outcome::Http1(Rewind::new(stream, ahead.freeze())),
         Ok(false) => {
             let _ = stream.shutdown().await;
@@ -127,8 +154,18 @@ enum First {
     Http2(Bytes),
     /// A request for hyper, and the bytes read.
     NotTaken(Bytes),
-    /// A GET taken here, and the bytes after its head.
-    Get(Request<http_body_util::Empty<Bytes>>, BytesMut),
+    /// A request taken here, and the bytes after its head.
+    Taken(Taken, BytesMut),
+}
+
+/// A request head taken here.
+struct Taken {
+    /// Boxed: kept small, what holds it stays small while the request
+    /// waits (an `async fn` keeps a value's room across an `.await` in the
+    /// scope it was moved from).
+    parts: Box<http::request::Parts>,
+    /// An upload's length and whether it waits for `100 Continue`.
+    upload: Option<(u64, bool)>,
 }
 
 async fn read_first(stream: &TcpStream, head_timeout: Duration, max_head: usize) -> First {
@@ -149,14 +186,14 @@ async fn read_first(stream: &TcpStream, head_timeout: Duration, max_head: usize)
         Head::Closed => First::Closed,
         Head::Http2 => First::Http2(buf.freeze()),
         Head::NotTaken => First::NotTaken(buf.freeze()),
-        Head::Get(request, length) => {
+        Head::Taken(taken, length) => {
             // Keep what came after the head (rarely anything), not the
             // buffer.
             let mut ahead = BytesMut::new();
             if buf.len() > length {
                 ahead.extend_from_slice(&buf[length..]);
             }
-            First::Get(request, ahead)
+            First::Taken(taken, ahead)
         }
     }
 }
@@ -190,8 +227,8 @@ enum Head {
     Http2,
     /// A request for hyper (see the module's doc).
     NotTaken,
-    /// A GET taken here, and the length of its head.
-    Get(Request<http_body_util::Empty<Bytes>>, usize),
+    /// A request taken here, and the length of its head.
+    Taken(Taken, usize),
 }
 
 async fn read_head(stream: &TcpStream, buf: &mut BytesMut, max_head: usize) -> io::Result<Head> {
@@ -206,7 +243,7 @@ async fn read_head(stream: &TcpStream, buf: &mut BytesMut, max_head: usize) -> i
                 match parse(buf) {
                     Parsed::Partial if buf.len() < max_head => {}
                     Parsed::Partial | Parsed::NotTaken => return Ok(Head::NotTaken),
-                    Parsed::Get(request, length) => return Ok(Head::Get(request, length)),
+                    Parsed::Taken(taken, length) => return Ok(Head::Taken(taken, length)),
                 }
             }
         }
@@ -235,10 +272,10 @@ async fn read_head(stream: &TcpStream, buf: &mut BytesMut, max_head: usize) -> i
 enum Parsed {
     Partial,
     NotTaken,
-    Get(Request<http_body_util::Empty<Bytes>>, usize),
+    Taken(Taken, usize),
 }
 
-/// Parses a request head; only a GET this module takes becomes a request.
+/// Parses a request head; only a request this module takes is kept.
 fn parse(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
@@ -248,15 +285,20 @@ fn parse(buf: &[u8]) -> Parsed {
         Err(_) => return Parsed::NotTaken,
     };
     match request_of(&head) {
-        Some(request) => Parsed::Get(request, length),
+        Some(taken) => Parsed::Taken(taken, length),
         None => Parsed::NotTaken,
     }
 }
 
-fn request_of(head: &httparse::Request<'_, '_>) -> Option<Request<http_body_util::Empty<Bytes>>> {
-    if head.method? != "GET" {
-        return None;
-    }
+/// A plain GET, or a PUT or POST with one `Content-Length` (an upload
+/// to relay), over HTTP/1.0 or 1.1; nothing else.
+fn request_of(head: &httparse::Request<'_, '_>) -> Option<Taken> {
+    let method = match head.method? {
+        "GET" => Method::GET,
+        "PUT" => Method::PUT,
+        "POST" => Method::POST,
+        _ => return None,
+    };
     let version = match head.version? {
         0 => Version::HTTP_10,
         1 => Version::HTTP_11,
@@ -264,25 +306,43 @@ fn request_of(head: &httparse::Request<'_, '_>) -> Option<Request<http_body_util
     };
     let uri: Uri = head.path?.parse().ok()?;
     let mut map = HeaderMap::with_capacity(head.headers.len());
+    let mut length: Option<u64> = None;
+    let mut expect = false;
     for header in head.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(header.value).ok()?;
-        let taken = match name.as_str() {
-            "upgrade" | "expect" | "transfer-encoding" => false,
-            "content-length" => value.as_bytes() == b"0",
-            _ => true,
-        };
-        if !taken {
-            return None;
+        match name.as_str() {
+            "upgrade" | "transfer-encoding" => return None,
+            "expect" if value.as_bytes().eq_ignore_ascii_case(b"100-continue") => expect = true,
+            "expect" => return None,
+            "content-length" => {
+                let digits = value.as_bytes();
+                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                let parsed = std::str::from_utf8(digits).ok()?.parse().ok()?;
+                if length.replace(parsed).is_some() {
+                    return None;
+                }
+            }
+            _ => {}
         }
         map.append(name, value);
     }
-    let mut request = Request::new(http_body_util::Empty::new());
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = map;
-    Some(request)
+    let upload = match (&method, length) {
+        (&Method::GET, None | Some(0)) if !expect => None,
+        (&Method::PUT | &Method::POST, Some(length)) => Some((length, expect)),
+        _ => return None,
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = map;
+    Some(Taken {
+        parts: Box::new(parts),
+        upload,
+    })
 }
 
 /// Whether `Connection` lists `close`.
@@ -326,13 +386,23 @@ enum Framing {
 
 /// Writes the response; `Ok(true)` if the connection may carry another
 /// request. An error (the body cut short, the client gone) means the
-/// connection must be dropped as it is.
-async fn write_response(
-    stream: &mut TcpStream,
+/// connection must be dropped as it is. With `ahead`, the connection is
+/// watched while the body is quiet, as in [`respond_or_hang_up`], bytes
+/// sent ahead kept there (not for an upload's connection, whose reading
+/// side is the upload's).
+async fn write_response<C: Connection>(
+    stream: &mut C,
     response: Response<Body>,
     keep_alive: bool,
+    mut ahead: Option<&mut BytesMut>,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
+    // A sender on this path offers its socket: its bytes are then spliced
+    // from socket to socket (see `upload`), past the relay's queue.
+    let mut splice = parts
+        .extensions
+        .get::<crate::relay::Offer>()
+        .and_then(upload::claim);
     let http10 = parts.version == Version::HTTP_10;
     let mut keep_alive = keep_alive && !http10 && !asks_close(&parts.headers);
     let declared = parts
@@ -372,11 +442,14 @@ async fn write_response(
     if !keep_alive && !http10 && !parts.headers.contains_key(CONNECTION) {
         header_line(&mut head, b"connection", b"close");
     }
-    header_line(
-        &mut head,
-        b"date",
-        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-    );
+    if !parts.headers.contains_key(DATE) {
+        // (A proxied host's own date stays the only one, as with hyper.)
+        header_line(
+            &mut head,
+            b"date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
+    }
     head.extend_from_slice(b"\r\n");
 
     // Pieces are gathered while the body has more ready at once, and go
@@ -386,12 +459,33 @@ async fn write_response(
     let mut out = Pieces::default();
     out.push(Bytes::from(head));
     let mut sent: u64 = 0;
+    if !matches!(framing, Framing::Length(_)) {
+        splice = None;
+    }
     loop {
+        if splice.as_ref().is_some_and(|claim| claim.after == sent) {
+            if let Some(claim) = splice.take() {
+                out.write_to(stream).await?;
+                sent += claim.run(stream.tcp()).await?;
+            }
+        }
         let frame = match body.frame().now_or_never() {
             Some(frame) => frame,
             None => {
                 out.write_to(stream).await?;
-                body.frame().await
+                match ahead.as_deref_mut() {
+                    // A client that leaves while nothing comes (a quiet
+                    // stream, a room's events) ends its response now, as
+                    // with hyper, not at a write seconds or hours later.
+                    Some(ahead) => tokio::select! {
+                        biased;
+                        frame = body.frame() => frame,
+                        () = hang_up(stream.tcp(), ahead) => {
+                            return Err(io::Error::other("client left during the response"));
+                        }
+                    },
+                    None => body.frame().await,
+                }
             }
         };
         match frame {
@@ -422,6 +516,11 @@ async fn write_response(
             Some(Err(error)) => {
                 // What came before the cut is delivered, then the cut.
                 out.write_to(stream).await?;
+                if let Framing::Close = framing {
+                    // A body delimited by the close: a FIN would end it as
+                    // if whole. Only a reset tells the client it was cut.
+                    reset_on_close(stream.tcp());
+                }
                 return Err(io::Error::other(error));
             }
             None => {
@@ -460,7 +559,7 @@ impl Pieces {
         }
     }
 
-    async fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, stream: &mut W) -> io::Result<()> {
         if self.len > 0 {
             stream.write_all_buf(self).await?;
         }
@@ -502,11 +601,36 @@ impl Buf for Pieces {
     }
 }
 
+/// Makes closing `stream` send a reset (RST) instead of a clean end (FIN).
+fn reset_on_close(stream: &TcpStream) {
+    if let Err(error) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(%error, "cannot make the close a reset");
+    }
+}
+
 fn header_line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.extend_from_slice(name);
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
+}
+
+/// Where a response is written: a connection, or the writing half of
+/// one; either way a TCP socket underneath (to splice into).
+trait Connection: AsyncWrite + Unpin + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Connection for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Connection for tokio::net::tcp::OwnedWriteHalf {
+    fn tcp(&self) -> &TcpStream {
+        self.as_ref()
+    }
 }
 
 /// A connection with bytes already read from it put back in front.
@@ -572,11 +696,11 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
-    fn taken(head: &str) -> Option<Request<http_body_util::Empty<Bytes>>> {
+    fn taken(head: &str) -> Option<Taken> {
         match parse(head.as_bytes()) {
-            Parsed::Get(request, length) => {
+            Parsed::Taken(taken, length) => {
                 assert_eq!(length, head.len());
-                Some(request)
+                Some(taken)
             }
             Parsed::Partial => panic!("partial: {head:?}"),
             Parsed::NotTaken => None,
@@ -585,24 +709,38 @@ mod tests {
 
     #[test]
     fn plain_gets_are_taken() {
-        let request =
+        let get =
             taken("GET /a?n=2 HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n").expect("taken");
-        assert_eq!(request.uri().path(), "/a");
-        assert_eq!(request.uri().query(), Some("n=2"));
-        assert_eq!(request.version(), Version::HTTP_11);
-        assert_eq!(request.headers().get_all("x-two").iter().count(), 2);
-        let request = taken("GET / HTTP/1.0\n\n").expect("bare LF");
-        assert_eq!(request.version(), Version::HTTP_10);
+        assert_eq!(get.parts.uri.path(), "/a");
+        assert_eq!(get.parts.uri.query(), Some("n=2"));
+        assert_eq!(get.parts.version, Version::HTTP_11);
+        assert_eq!(get.parts.headers.get_all("x-two").iter().count(), 2);
+        assert!(get.upload.is_none());
+        let get = taken("GET / HTTP/1.0\n\n").expect("bare LF");
+        assert_eq!(get.parts.version, Version::HTTP_10);
         assert!(taken("GET /z HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
         let absolute = taken("GET http://h:1/p HTTP/1.1\r\n\r\n").expect("absolute form");
-        assert_eq!(absolute.uri().path(), "/p");
+        assert_eq!(absolute.parts.uri.path(), "/p");
+    }
+
+    #[test]
+    fn uploads_with_a_length_are_taken() {
+        let put = taken("PUT /a HTTP/1.1\r\nContent-Length: 12\r\n\r\n").expect("PUT");
+        assert_eq!(put.parts.method, Method::PUT);
+        assert_eq!(put.upload, Some((12, false)));
+        let post = taken("POST /a HTTP/1.0\r\nContent-Length: 0\r\nExpect: 100-Continue\r\n\r\n")
+            .expect("POST");
+        assert_eq!(post.upload, Some((0, true)));
     }
 
     #[test]
     fn everything_else_goes_to_hyper() {
         for head in [
-            "PUT /a HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
             "POST /a HTTP/1.1\r\n\r\n",
+            "PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "PUT /a HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "PUT /a HTTP/1.1\r\nContent-Length: 1\r\nExpect: other\r\n\r\n",
             "HEAD /a HTTP/1.1\r\n\r\n",
             "OPTIONS /a HTTP/1.1\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
@@ -647,6 +785,45 @@ mod tests {
         pieces.advance(3);
         assert_eq!(pieces.remaining(), 0);
         assert!(pieces.chunk().is_empty());
+    }
+
+    /// A `Date` the response has already (a named host's, through the
+    /// proxy) is the only one, as hyper wrote it.
+    #[tokio::test]
+    async fn a_date_the_response_has_is_not_doubled() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        for date in [Some("Thu, 01 Jan 1970 00:00:00 GMT"), None] {
+            let mut response = Response::new(Body::full("hi"));
+            if let Some(date) = date {
+                response
+                    .headers_mut()
+                    .insert(http::header::DATE, HeaderValue::from_static(date));
+            }
+            let mut ahead = BytesMut::new();
+            let kept = write_response(&mut server, response, true, Some(&mut ahead))
+                .await
+                .expect("written");
+            assert!(kept);
+            let mut out = vec![0; 4096];
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\nhi") {
+                let n = client.read(&mut out).await.expect("read");
+                assert!(n > 0, "closed");
+                got.extend_from_slice(&out[..n]);
+            }
+            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert_eq!(text.matches("\r\ndate: ").count(), 1, "{text}");
+            if let Some(date) = date {
+                assert!(text.contains(&format!("date: {}", date.to_ascii_lowercase())));
+            }
+        }
     }
 
     #[test]
