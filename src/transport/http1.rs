@@ -17,7 +17,9 @@
 //! as it would have. The response is written the way hyper writes it:
 //! same status line, headers, framing (`content-length`, chunked, or until
 //! close for HTTP/1.0), `connection: close` and `date`, and a body cut
-//! short ends the connection without a clean end.
+//! short ends the connection without a clean end: with no last chunk, or
+//! short of its `content-length`, or (a body delimited by the close, which
+//! hyper ended with a FIN as if whole) with a reset.
 
 use std::io;
 use std::pin::Pin;
@@ -423,6 +425,11 @@ async fn write_response(
             }
             Some(Err(error)) => {
                 stream.write_all(&pending).await?;
+                if let Framing::Close = framing {
+                    // A body delimited by the close: a FIN would end it as
+                    // if whole. Only a reset tells the client it was cut.
+                    reset_on_close(stream);
+                }
                 return Err(io::Error::other(error));
             }
             None => {
@@ -440,6 +447,13 @@ async fn write_response(
                 return Ok(keep_alive);
             }
         }
+    }
+}
+
+/// Makes closing `stream` send a reset (RST) instead of a clean end (FIN).
+fn reset_on_close(stream: &TcpStream) {
+    if let Err(error) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(%error, "cannot make the close a reset");
     }
 }
 
