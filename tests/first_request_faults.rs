@@ -787,3 +787,36 @@ async fn draining_turns_waiting_receivers_away_and_closes() {
         .expect("server task");
     assert!(served.is_ok(), "{served:?}");
 }
+
+/// A member of a room over Server-Sent Events (a GET that never ends and
+/// is mostly quiet) that leaves is seen gone at once: the room loses it
+/// then, not at the next heartbeat 15 s later.
+async fn room_member_leaves(via_hyper: bool) {
+    let server = Server::start().await;
+    let target = format!("{}?room", path("room"));
+    let mut extra = "Accept: text/event-stream\r\n".to_owned();
+    if via_hyper {
+        extra.push_str(&many_headers(48));
+    }
+    let mut member = get(&server, &target, "1.1", &extra).await;
+    let mut got = Vec::new();
+    read_until(&mut member, &mut got, |b| !body_of(b).is_empty()).await;
+    let (head, _) = split(&got).expect("head");
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    server.wait_for("a member", |s| s.room_members == 1).await;
+    drop(member);
+    let (stats, gone) = server.relay.wait_until(SOON, |s| s.room_members == 0).await;
+    assert!(gone, "a member that left is still in the room: {stats:?}");
+    server.wait_empty().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_member_that_leaves_is_gone_at_once() {
+    room_member_leaves(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_member_that_leaves_served_by_hyper_is_gone_at_once() {
+    room_member_leaves(true).await;
+}
