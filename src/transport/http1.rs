@@ -105,7 +105,14 @@ async fn answer(
     };
     // Boxed: writing needs more state than waiting, and only a
     // connection whose response is ready needs it.
-    match Box::pin(write_response(&mut stream, response, keep_alive)).await {
+    match Box::pin(write_response(
+        &mut stream,
+        response,
+        keep_alive,
+        &mut ahead,
+    ))
+    .await
+    {
         Ok(true) => Outcome::Http1(Rewind::new(stream, ahead.freeze())),
         Ok(false) => {
             let _ = stream.shutdown().await;
@@ -328,11 +335,14 @@ enum Framing {
 
 /// Writes the response; `Ok(true)` if the connection may carry another
 /// request. An error (the body cut short, the client gone) means the
-/// connection must be dropped as it is.
+/// connection must be dropped as it is. While the body is quiet the
+/// connection is watched as in [`respond_or_hang_up`], bytes sent ahead
+/// kept in `ahead`.
 async fn write_response(
     stream: &mut TcpStream,
     response: Response<Body>,
     keep_alive: bool,
+    ahead: &mut BytesMut,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let http10 = parts.version == Version::HTTP_10;
@@ -392,7 +402,16 @@ async fn write_response(
                 if let Some(head) = head.take() {
                     stream.write_all(&head).await?;
                 }
-                body.frame().await
+                // A client that leaves while nothing comes (a quiet
+                // stream, a room's events) ends its response now, as with
+                // hyper, not at a write seconds or hours later.
+                tokio::select! {
+                    biased;
+                    frame = body.frame() => frame,
+                    () = hang_up(stream, ahead) => {
+                        return Err(io::Error::other("client left during the response"));
+                    }
+                }
             }
         };
         let pending = head.take().unwrap_or_default();
