@@ -604,6 +604,45 @@ mod tests {
         }
     }
 
+    /// A `Date` the response has already (a named host's, through the
+    /// proxy) is the only one, as hyper wrote it.
+    #[tokio::test]
+    async fn a_date_the_response_has_is_not_doubled() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        for date in [Some("Thu, 01 Jan 1970 00:00:00 GMT"), None] {
+            let mut response = Response::new(Body::full("hi"));
+            if let Some(date) = date {
+                response
+                    .headers_mut()
+                    .insert(http::header::DATE, HeaderValue::from_static(date));
+            }
+            let mut ahead = BytesMut::new();
+            let kept = write_response(&mut server, response, true, &mut ahead)
+                .await
+                .expect("written");
+            assert!(kept);
+            let mut out = vec![0; 4096];
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\nhi") {
+                let n = client.read(&mut out).await.expect("read");
+                assert!(n > 0, "closed");
+                got.extend_from_slice(&out[..n]);
+            }
+            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert_eq!(text.matches("\r\ndate: ").count(), 1, "{text}");
+            if let Some(date) = date {
+                assert!(text.contains(&format!("date: {}", date.to_ascii_lowercase())));
+            }
+        }
+    }
+
     #[test]
     fn close_is_found_among_connection_tokens() {
         let mut headers = HeaderMap::new();
