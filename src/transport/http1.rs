@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -384,11 +384,14 @@ async fn write_response(
     if !keep_alive && !http10 && !parts.headers.contains_key(CONNECTION) {
         header_line(&mut head, b"connection", b"close");
     }
-    header_line(
-        &mut head,
-        b"date",
-        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-    );
+    if !parts.headers.contains_key(DATE) {
+        // (A proxied host's own date stays the only one, as with hyper.)
+        header_line(
+            &mut head,
+            b"date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
+    }
     head.extend_from_slice(b"\r\n");
 
     // The head goes out with the first piece of the body when that is
