@@ -397,6 +397,32 @@ async fn a_waiting_receiver_that_half_closes_is_cancelled() {
     server.stop().await;
 }
 
+/// A waiting receiver that sends a pipelined request and then shuts down
+/// its write side is cancelled all the same: its path is freed. (hyper
+/// stopped watching a connection once it had read bytes ahead, so there
+/// such a receiver kept its path until a sender came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_receiver_that_pipelines_then_half_closes_is_cancelled() {
+    let server = Server::start().await;
+    let target = path("piped-half");
+    let mut receiver = get(&server, &target, "1.1", "").await;
+    server
+        .wait_for("receiver", |s| s.waiting_receivers == 1)
+        .await;
+    receiver
+        .write_all(b"GET /-/healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    receiver.shutdown().await.expect("shutdown(Write)");
+    let (stats, freed) = server.relay.wait_until(SOON, |s| s.paths == 0).await;
+    assert!(freed, "kept its path: {stats:?}");
+    let mut got = Vec::new();
+    assert_eq!(read_to_end(&mut receiver, &mut got).await, End::Eof);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    server.wait_empty().await;
+    server.stop().await;
+}
+
 /// A receiver that leaves mid-transfer, while the sender sends little:
 /// seen gone at the sender's next writes (nothing reads a receiver's
 /// connection during its response, with hyper as without), the transfer
