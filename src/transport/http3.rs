@@ -126,16 +126,11 @@ fn endpoint(socket: UdpSocket, certs: &Arc<Certs>) -> io::Result<quinn::Endpoint
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
-    socket.set_nonblocking(true)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    super::quic::endpoint(socket, Some(config))
 }
 
-/// Windows sized for long streams, and keep-alives for waiting receivers.
+/// Windows sized for long streams, keep-alives for waiting receivers, and
+/// datagrams as large as the path carries ([`super::quic`]).
 fn transport_config() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -147,6 +142,7 @@ fn transport_config() -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         transport.max_idle_timeout(Some(idle));
     }
+    super::quic::set_mtu_discovery(&mut transport);
     transport
 }
 
