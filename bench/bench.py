@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -222,8 +223,10 @@ def free_port(udp_too=False):
 
 # Client protocols of figure 8 (and 1, 6, 7): h1 = plain HTTP/1.1, h2c =
 # cleartext HTTP/2 (prior knowledge), h1tls / h2tls = curl -k over TLS with
-# ALPN http/1.1 / h2, h3 = examples/h3_client.rs over QUIC.
-TLS_PROTOS = ("h1tls", "h2tls", "h3")
+# ALPN http/1.1 / h2, h3 = examples/h3_client.rs over QUIC, th2tls (sender
+# only) = `tubes send --http2 -k` (h2 over TLS: its client offers only h2, so
+# it cannot fall back to HTTP/1.1).
+TLS_PROTOS = ("h1tls", "h2tls", "h3", "th2tls")
 CURL_PROTO_FLAGS = {"h1": [], "h2c": ["--http2-prior-knowledge"],
                     "h1tls": ["-k", "--http1.1"], "h2tls": ["-k", "--http2"]}
 
@@ -243,6 +246,14 @@ def client_argv(a, proto, url, upload=None):
             raise SystemExit("h3 needs --h3-client")
         return [a.h3_client, "--threads", str(a.h3_threads), "--max-time", str(a.max_time),
                 *(["send", url, upload] if upload else ["recv", url])]
+    if proto == "th2tls":
+        if not (upload and a.tubes):
+            raise SystemExit("th2tls is a sender and needs --tubes")
+        parts = urllib.parse.urlsplit(url)
+        if parts.query:
+            raise SystemExit("th2tls sends to one receiver only")
+        return [a.tubes, "send", "--http2", "-k", "-q", "--path", parts.path, upload,
+                "-s", f"{parts.scheme}://{parts.netloc}"]
     argv = ["curl", "-sS", *CURL_PROTO_FLAGS[proto], "-o", "/dev/null",
             "--max-time", str(a.max_time),
             "-w", "%{http_code} %{size_download} %{http_version}"]
@@ -2171,6 +2182,7 @@ def cmd_report(a):
         ("tls11", "(b) HTTP/1.1+TLS", "info"),
         ("tls2", "(c) h2+TLS -> h2+TLS", ">= 0.70"),
         ("tls2h1", "(c') h2+TLS -> HTTP/1.1+TLS", "info"),
+        ("tls2t", "(c'') h2+TLS, tubes send --http2 -> curl h2", "info"),
         ("h3", "(d) h3 -> h3", ">= 0.70"),
         ("h3h1", "(d') h3 -> HTTP/1.1+TLS", "info"),
     )
@@ -2553,11 +2565,13 @@ def main():
             q.add_argument("--no-expect", action="store_true")
             q.add_argument("--mode", default="h1")
             q.add_argument("--tag", default="s")
-            q.add_argument("--sender", default="h1", choices=sorted(CURL_PROTO_FLAGS) + ["h3"])
+            q.add_argument("--sender", default="h1",
+                           choices=sorted(CURL_PROTO_FLAGS) + ["h3", "th2tls"])
             q.add_argument("--receiver", default="h1", choices=sorted(CURL_PROTO_FLAGS) + ["h3"])
             q.add_argument("--tls-port", type=int, help="the HTTPS (TCP) and HTTP/3 (UDP) port")
             q.add_argument("--h3-client", help="path of the built examples/h3_client")
             q.add_argument("--h3-threads", type=int, default=1, help="its runtime's worker threads")
+            q.add_argument("--tubes", help="path of the tubes binary (sender th2tls)")
         if name == "socat":
             q.add_argument("--buf", type=int, default=65536)
         if name in ("waiters", "latency", "pairs"):

@@ -266,6 +266,8 @@ want 8 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes tls11 --sender h1tls --receiver h1tls
     stream tubes tls2 --sender h2tls --receiver h2tls
     stream tubes tls2h1 --sender h2tls --receiver h1tls
+    # curl's h2 upload is the limit of (c): the same with another h2 sender
+    stream tubes tls2t --sender th2tls --receiver h2tls --tubes "$TUBES"
     if ((have_h3)); then
         stream tubes h3 --sender h3 --receiver h3
         stream tubes h3h1 --sender h3 --receiver h1tls

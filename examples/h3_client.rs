@@ -304,6 +304,7 @@ fn endpoint(server: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(u64::from(CONNECTION_WINDOW));
+    tubes::transport::quic::set_mtu_discovery(&mut transport);
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     let local: SocketAddr = if server.is_ipv6() {
@@ -323,14 +324,8 @@ fn endpoint(server: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&local.into()).context("bind UDP")?;
-    socket.set_nonblocking(true)?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("client endpoint")?;
+    let mut endpoint =
+        tubes::transport::quic::endpoint(socket.into(), None).context("client endpoint")?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

@@ -159,9 +159,14 @@ impl Builders {
             .timer(TokioTimer::new())
             // Windows big enough that one stream is not held back by round
             // trips of WINDOW_UPDATE; memory per stream stays bounded by
-            // the window.
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+            // the window, so a client can make the server hold up to 16 MiB
+            // per connection, as HTTP/3 allows too (same sizes). With the
+            // earlier 1 / 4 MiB, curl's h2 upload cost curl ~3.2 s of CPU
+            // per GiB; with these ~1.6-2.3 s, and it ran ~20-40% faster on
+            // 2 busy cores (bench figure 8); fewer stalls on an exhausted
+            // window, presumably.
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
             .max_frame_size(1 << 16)
             .max_header_list_size(
                 config

@@ -124,12 +124,16 @@ impl H3Client {
             .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
             .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
             .keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+        crate::transport::quic::set_mtu_discovery(&mut transport);
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
+        // As `quinn::Endpoint::client` does it (IPv6 and IPv4 if the system
+        // has IPv6), with our datagram sizes and bounded GSO sends.
         let local: SocketAddr = ([0, 0, 0, 0, 0, 0, 0, 0], 0).into();
-        let mut endpoint = quinn::Endpoint::client(local)
-            .or_else(|_| quinn::Endpoint::client(([0, 0, 0, 0], 0).into()))
+        let socket = std::net::UdpSocket::bind(local)
+            .or_else(|_| std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))))
             .map_err(setup_error)?;
+        let mut endpoint = crate::transport::quic::endpoint(socket, None).map_err(setup_error)?;
         endpoint.set_default_client_config(config);
         Ok(Self {
             endpoint,

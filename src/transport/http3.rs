@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::FutureExt;
 use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use http::{Request, Response, Version};
@@ -126,16 +127,11 @@ fn endpoint(socket: UdpSocket, certs: &Arc<Certs>) -> io::Result<quinn::Endpoint
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
-    socket.set_nonblocking(true)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    super::quic::endpoint(socket, Some(config))
 }
 
-/// Windows sized for long streams, and keep-alives for waiting receivers.
+/// Windows sized for long streams, keep-alives for waiting receivers, and
+/// datagrams as large as the path carries ([`super::quic`]).
 fn transport_config() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -147,6 +143,7 @@ fn transport_config() -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         transport.max_idle_timeout(Some(idle));
     }
+    super::quic::set_mtu_discovery(&mut transport);
     transport
 }
 
@@ -282,13 +279,27 @@ async fn respond(
         tracing::debug!(%error, "client left before the response head");
         return;
     }
+    // A frame met while gathering that could not join the batch.
+    let mut held = None;
     loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = &mut stopped => {
-                tracing::debug!("client stopped reading");
-                return;
+        let frame = match held.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                frame = body.frame() => frame,
+                () = &mut stopped => {
+                    tracing::debug!("client stopped reading");
+                    return;
+                }
+            },
+        };
+        let frame = match frame {
+            Some(Ok(frame)) if frame.is_data() => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                Some(Ok(Frame::data(gather(data, &mut body, &mut held))))
             }
+            other => other,
         };
         match frame {
             None => {
@@ -317,6 +328,57 @@ async fn respond(
         }
     }
 }
+
+/// Response data is handed to h3 (and quinn) in pieces of at least this
+/// size when more is ready. The relay passes a sender's body on in the
+/// pieces it arrived in: ~1.1 KiB from an HTTP/3 sender (one QUIC packet
+/// each), 16 KiB from HTTP/2. quinn copies every write into a buffer of
+/// its own and keeps one entry per write (two per h3 DATA frame: the
+/// frame's header and its data) until the peer acknowledges it, and it
+/// finds the bytes of each packet it sends by walking those entries from
+/// the oldest: with megabytes in flight in 1 KiB pieces that walk was the
+/// server's largest single cost (16% of its CPU on an h3 -> h3 stream).
+const GATHER: usize = 64 << 10;
+
+/// `first`, and if it is smaller than [`GATHER`], the data frames of
+/// `body` that are ready now, copied into one buffer of up to about
+/// [`GATHER`] bytes. A frame that is not data (or an end or an error) is
+/// left in `held`, for the caller to take next.
+fn gather(first: Bytes, body: &mut Body, held: &mut Option<Option<FrameResult>>) -> Bytes {
+    if first.len() >= GATHER {
+        return first;
+    }
+    let mut batch: Option<bytes::BytesMut> = None;
+    let mut len = first.len();
+    while len < GATHER {
+        let Some(next) = body.frame().now_or_never() else {
+            break;
+        };
+        let data = match next {
+            Some(Ok(frame)) if frame.is_data() => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            other => {
+                *held = Some(other);
+                break;
+            }
+        };
+        let buf = batch.get_or_insert_with(|| {
+            let mut buf = bytes::BytesMut::with_capacity(GATHER.max(len + data.len()));
+            buf.extend_from_slice(&first);
+            buf
+        });
+        buf.extend_from_slice(&data);
+        len += data.len();
+    }
+    match batch {
+        Some(buf) => buf.freeze(),
+        None => first,
+    }
+}
+
+type FrameResult = Result<Frame<Bytes>, super::body::BoxError>;
 
 /// Why a request body did not end cleanly.
 #[derive(Debug, thiserror::Error)]
