@@ -145,9 +145,6 @@ async fn answer(
 }
 
 /// The connection's first bytes, read.
-// Passed by value once per request, never kept: boxing would only add an
-// allocation.
-#[allow(clippy::large_enum_variant)]
 enum First {
     Closed,
     /// HTTP/2's preface, and the bytes read.
@@ -217,9 +214,6 @@ async fn respond_or_hang_up(
 }
 
 /// What the first bytes of a connection are.
-// Passed by value once per request, never kept: boxing would only add an
-// allocation.
-#[allow(clippy::large_enum_variant)]
 enum Head {
     /// The client closed before a whole head.
     Closed,
@@ -266,9 +260,6 @@ async fn read_head(stream: &TcpStream, buf: &mut BytesMut, max_head: usize) -> i
     }
 }
 
-// Passed by value once per request, never kept: boxing would only add an
-// allocation.
-#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Partial,
     NotTaken,
