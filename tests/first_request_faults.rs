@@ -28,6 +28,16 @@ async fn get(server: &Server, target: &str, version: &str, extra: &str) -> TcpSt
 
 /// A sender's request head on a new connection: `Content-Length` when
 /// `length` is given, else chunked.
+/// An HTTP/1.1 GET of `target` (with `extra` header lines), once the
+/// relay has it as a waiting receiver.
+async fn waiting_get(server: &Server, target: &str, extra: &str) -> TcpStream {
+    let receiver = get(server, target, "1.1", extra).await;
+    server
+        .wait_for("receiver", |s| s.waiting_receivers == 1)
+        .await;
+    receiver
+}
+
 async fn put(server: &Server, target: &str, length: Option<usize>) -> TcpStream {
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
     let framing = match length {
@@ -370,10 +380,7 @@ async fn a_receiver_that_stops_reading_paces_the_sender_and_loses_nothing() {
 async fn a_waiting_receiver_that_half_closes_is_cancelled() {
     let server = Server::start().await;
     let target = path("half");
-    let mut receiver = get(&server, &target, "1.1", "").await;
-    server
-        .wait_for("receiver", |s| s.waiting_receivers == 1)
-        .await;
+    let mut receiver = waiting_get(&server, &target, "").await;
     receiver.shutdown().await.expect("shutdown(Write)");
     let (stats, freed) = server.relay.wait_until(SOON, |s| s.paths == 0).await;
     assert!(
@@ -384,10 +391,7 @@ async fn a_waiting_receiver_that_half_closes_is_cancelled() {
     assert_eq!(read_to_end(&mut receiver, &mut got).await, End::Eof);
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     // The path takes a new pair at once.
-    let mut again = get(&server, &target, "1.1", "").await;
-    server
-        .wait_for("receiver", |s| s.waiting_receivers == 1)
-        .await;
+    let mut again = waiting_get(&server, &target, "").await;
     let mut sender = put(&server, &target, Some(2)).await;
     send(&mut sender, b"ok", false).await;
     let mut got = Vec::new();
@@ -405,10 +409,7 @@ async fn a_waiting_receiver_that_half_closes_is_cancelled() {
 async fn a_waiting_receiver_that_pipelines_then_half_closes_is_cancelled() {
     let server = Server::start().await;
     let target = path("piped-half");
-    let mut receiver = get(&server, &target, "1.1", "").await;
-    server
-        .wait_for("receiver", |s| s.waiting_receivers == 1)
-        .await;
+    let mut receiver = waiting_get(&server, &target, "").await;
     receiver
         .write_all(b"GET /-/healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -435,10 +436,7 @@ async fn receiver_leaves_mid_transfer(via_hyper: bool) {
     } else {
         String::new()
     };
-    let mut receiver = get(&server, &target, "1.1", &extra).await;
-    server
-        .wait_for("receiver", |s| s.waiting_receivers == 1)
-        .await;
+    let mut receiver = waiting_get(&server, &target, &extra).await;
     let mut sender = put(&server, &target, None).await;
     send(&mut sender, b"hello", true).await;
     let mut got = Vec::new();
@@ -491,10 +489,7 @@ async fn receiver_half_closes_mid_transfer(via_hyper: bool) {
     } else {
         String::new()
     };
-    let mut receiver = get(&server, &target, "1.1", &extra).await;
-    server
-        .wait_for("receiver", |s| s.waiting_receivers == 1)
-        .await;
+    let mut receiver = waiting_get(&server, &target, &extra).await;
     let mut sender = put(&server, &target, None).await;
     send(&mut sender, b"hello", true).await;
     let mut got = Vec::new();
