@@ -342,3 +342,71 @@ async fn an_upload_cut_while_spliced_cuts_the_receiver() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// A receiver that closes as soon as it has every byte of a spliced
+/// upload (as curl does) counts as having received it: the sender's log
+/// says so, not that a receiver aborted. Senders first, as `tubes send`
+/// before `curl` (their read-ahead goes through the relay, the rest is
+/// spliced), and receivers first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_closes_once_it_has_a_spliced_upload_received_it() {
+    let server = Server::start().await;
+    let data = common::Pattern::new(11).bytes(100_000);
+    for round in 0..20 {
+        let sender_first = round % 2 == 0;
+        let path = format!("/closes-{round}");
+        let addr = server.addr;
+        let get = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let length = data.len();
+        let mut receive = Some(async move {
+            let mut r = TcpStream::connect(addr).await.expect("connect");
+            r.write_all(get.as_bytes()).await.expect("write");
+            let mut got = Vec::new();
+            loop {
+                if let Some(at) = find(&got, b"\r\n\r\n") {
+                    if got.len() - (at + 4) >= length {
+                        break;
+                    }
+                }
+                fill(&mut r, &mut got).await;
+            }
+            // Closed at once, before anything else can come.
+        });
+        let receiver = if sender_first {
+            None
+        } else {
+            let receiver = tokio::spawn(receive.take().expect("once"));
+            server
+                .wait_for("receiver", |s| s.waiting_receivers == 1)
+                .await;
+            Some(receiver)
+        };
+        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        s.write_all(&data).await.expect("upload");
+        let receiver = match receiver {
+            Some(receiver) => receiver,
+            None => {
+                server.wait_for("sender", |s| s.waiting_senders == 1).await;
+                tokio::spawn(receive.take().expect("once"))
+            }
+        };
+        let mut log = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut log))
+            .await
+            .expect("log in time")
+            .expect("log");
+        receiver.await.expect("receiver");
+        let log = String::from_utf8_lossy(&log).into_owned();
+        assert!(
+            log.contains("All receiver(s) was/were received successfully."),
+            "round {round}: {log}"
+        );
+    }
+    server.wait_empty().await;
+    server.stop().await;
+}

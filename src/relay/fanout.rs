@@ -332,6 +332,16 @@ impl ReceiverStream {
         self.remaining == Some(0)
     }
 
+    /// Counts bytes its transport delivered past this stream (spliced from
+    /// the sender's socket): once every byte of a known length has reached
+    /// the receiver, dropping the stream counts as a success, as when the
+    /// bytes came through it.
+    pub fn delivered_elsewhere(&mut self, bytes: u64) {
+        if let Some(remaining) = self.remaining.as_mut() {
+            *remaining = remaining.saturating_sub(bytes);
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.send(());
@@ -379,5 +389,40 @@ impl Drop for ReceiverStream {
         if self.is_complete() {
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(length: u64) -> (ReceiverStream, oneshot::Receiver<()>) {
+        let (_, rx) = mpsc::channel(1);
+        let (done_tx, done) = oneshot::channel();
+        let stream = ReceiverStream {
+            rx,
+            remaining: Some(length),
+            done: Some(done_tx),
+            batch: None,
+        };
+        (stream, done)
+    }
+
+    /// Bytes a transport delivered past the stream (spliced) count: a
+    /// receiver dropped once it has them all received the transfer; one
+    /// dropped short of them did not.
+    #[test]
+    fn bytes_delivered_elsewhere_count_towards_the_length() {
+        let (mut whole, mut done) = stream(10);
+        whole.delivered_elsewhere(4);
+        whole.delivered_elsewhere(6);
+        assert!(whole.is_complete());
+        drop(whole);
+        assert!(done.try_recv().is_ok(), "a complete receiver counts");
+
+        let (mut short, mut done) = stream(10);
+        short.delivered_elsewhere(9);
+        drop(short);
+        assert!(done.try_recv().is_err(), "a receiver short of its length");
     }
 }

@@ -27,6 +27,13 @@ pub enum Body {
 pub type BoxStream = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
 impl Body {
+    /// See [`ReceiverStream::delivered_elsewhere`].
+    pub fn delivered_elsewhere(&mut self, bytes: u64) {
+        if let Body::Stream(stream) = self {
+            stream.delivered_elsewhere(bytes);
+        }
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Body::Full(Some(bytes.into()))
     }

@@ -457,7 +457,12 @@ async fn write_response<C: Connection>(
         if splice.as_ref().is_some_and(|claim| claim.after == sent) {
             if let Some(claim) = splice.take() {
                 out.write_to(stream).await?;
-                sent += claim.run(stream.tcp()).await?;
+                let spliced = claim.run(stream.tcp()).await?;
+                // The receiver has these bytes; its stream must know, or a
+                // client that closes once it has them all (before the
+                // relay's end comes) would count as gone halfway.
+                body.delivered_elsewhere(spliced);
+                sent += spliced;
             }
         }
         let frame = match body.frame().now_or_never() {
