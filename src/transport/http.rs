@@ -438,9 +438,9 @@ impl Handler {
         let n = parse_count(query_value(req.uri().query(), "n").as_deref())?;
         let version = req.version();
         let (mut parts, body) = req.into_parts();
-        // The sender's transport may offer its receiver more than bytes
-        // (see `transport::http1`); only a plain transfer to one receiver
-        // can use it.
+        // The sender's transport may offer its receivers more than bytes
+        // (see `transport::http1`); a multipart upload's first part cannot
+        // use it.
         let offer = parts.extensions.remove::<relay::Offer>();
         let path = parts.uri.path();
         let mut body: ByteStream = Box::pin(body.into_data_stream().map_err(Into::into));
@@ -457,7 +457,7 @@ impl Handler {
             Some(boundary) => first_part(body, boundary, x_piping).await?,
             None => {
                 let mut head = head_of(&parts.headers, x_piping);
-                head.offer = offer.filter(|_| n == 1);
+                head.offer = offer;
                 (head, body)
             }
         };
@@ -841,6 +841,12 @@ async fn first_part(
 }
 
 /// The first value of `key` in a query string, decoded as browsers do.
+/// The receivers a request asks for with `?n=` (1 if it asks for none,
+/// or in a way the handler refuses).
+pub(super) fn receivers_asked(uri: &http::Uri) -> usize {
+    parse_count(query_value(uri.query(), "n").as_deref()).map_or(1, |n| n as usize)
+}
+
 fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)

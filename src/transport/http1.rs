@@ -454,7 +454,7 @@ async fn write_response<C: Connection>(
         splice = None;
     }
     loop {
-        if splice.as_ref().is_some_and(|claim| claim.after == sent) {
+        if splice.as_mut().is_some_and(|claim| claim.ready(sent)) {
             if let Some(claim) = splice.take() {
                 out.write_to(stream).await?;
                 let spliced = claim.run(stream.tcp()).await?;
@@ -469,6 +469,14 @@ async fn write_response<C: Connection>(
             Some(frame) => frame,
             None => {
                 out.write_to(stream).await?;
+                // A fan-out's receiver waits for its group too: once it
+                // forms, the body's next bytes come by the group's splice.
+                let changed = async {
+                    match splice.as_ref() {
+                        Some(claim) => claim.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 match ahead.as_deref_mut() {
                     // A client that leaves while nothing comes (a quiet
                     // stream, a room's events) ends its response now, as
@@ -476,11 +484,16 @@ async fn write_response<C: Connection>(
                     Some(ahead) => tokio::select! {
                         biased;
                         frame = body.frame() => frame,
+                        () = changed => continue,
                         () = hang_up(stream.tcp(), ahead) => {
                             return Err(io::Error::other("client left during the response"));
                         }
                     },
-                    None => body.frame().await,
+                    None => tokio::select! {
+                        biased;
+                        frame = body.frame() => frame,
+                        () = changed => continue,
+                    },
                 }
             }
         };

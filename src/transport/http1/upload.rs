@@ -14,6 +14,9 @@
 //! would have: a clean end after the last byte, a cut if the sender left
 //! early. A receiver that fails while splicing gives the socket back, and
 //! the core sees that receiver leave as usual.
+//!
+//! A fan-out (`?n=` above 1) shares the socket the same way when all its
+//! receivers are first requests: see [`tee`].
 
 use std::io;
 use std::pin::Pin;
@@ -31,6 +34,8 @@ use tokio::net::TcpStream;
 use super::{write_response, Outcome};
 use crate::relay::{Offer, Relay};
 use crate::transport::http::Handler;
+
+mod tee;
 
 /// The first read of an upload's body; reads that fill their buffer
 /// double it, up to [`MAX_READ`].
@@ -70,8 +75,11 @@ pub(super) async fn serve(
     let mut before = ahead.freeze();
     before.truncate(usize::try_from(length).unwrap_or(usize::MAX));
     let remaining = length - before.len() as u64;
+    let receivers = crate::transport::http::receivers_asked(&parts.uri);
     let source = Arc::new(Source {
         whole: tokio::sync::Notify::new(),
+        formed: tokio::sync::Notify::new(),
+        receivers,
         state: Mutex::new(State {
             read,
             before,
@@ -80,6 +88,8 @@ pub(super) async fn serve(
             claimed: false,
             ended: None,
             waker: None,
+            candidates: Some(0),
+            group: None,
         }),
         relay: handler.relay().clone(),
     });
@@ -121,6 +131,10 @@ pub(super) struct Source {
     /// Told when the whole upload has been read (by the body or by a
     /// claimant).
     whole: tokio::sync::Notify,
+    /// The receivers the sender asked for (`?n=`).
+    receivers: usize,
+    /// Told when a fan-out's receivers formed their group (see [`tee`]).
+    formed: tokio::sync::Notify,
 }
 
 struct State {
@@ -138,6 +152,12 @@ struct State {
     ended: Option<bool>,
     /// The body, waiting for the claimant.
     waker: Option<Waker>,
+    /// Receivers of a fan-out that asked for the socket so far; `None`
+    /// once one of them left before all asked (no group then).
+    candidates: Option<usize>,
+    /// A fan-out's receivers, once all asked: they claim the socket
+    /// together.
+    group: Option<Arc<tee::Group>>,
 }
 
 impl Source {
@@ -165,11 +185,15 @@ impl Source {
     }
 
     /// The claimant failed on its side: the socket goes back to the body,
-    /// `taken` bytes fewer.
-    fn give_back(&self, taken: u64) {
+    /// `taken` bytes fewer, with the bytes read with the head that the
+    /// claimant did not send.
+    fn give_back(&self, taken: u64, before: Bytes) {
         self.relay.count_relayed(taken);
         let mut state = self.state();
         state.remaining = state.remaining.saturating_sub(taken);
+        if !before.is_empty() {
+            state.before = before;
+        }
         state.claimed = false;
         if let Some(waker) = state.waker.take() {
             waker.wake();
@@ -197,27 +221,26 @@ impl Source {
     }
 }
 
-/// A receiver's claim on an upload's socket.
-pub(super) struct Claim {
-    source: Arc<Source>,
-    read: Arc<OwnedReadHalf>,
-    /// Whether it ran (else, dropped, it gives the socket back).
-    ran: bool,
-    /// Bytes the receiver gets through the core before the claim's.
-    pub(super) after: u64,
-    before: Bytes,
-    remaining: u64,
+/// A receiver's claim on an upload's socket: alone, or as one of a
+/// fan-out's receivers.
+pub(super) enum Claim {
+    One(One),
+    Member(tee::Member),
 }
 
-/// Claims the socket an upload offers, if it is still there to take.
+/// Claims the socket an upload offers, if it is still there to take (for
+/// one of a fan-out's receivers: asks for it, see [`tee`]).
 pub(super) fn claim(offer: &Offer) -> Option<Claim> {
     let source = Arc::clone(&offer.0).downcast::<Source>().ok()?;
+    if source.receivers > 1 {
+        return tee::ask(source).map(Claim::Member);
+    }
     let mut state = source.state();
     if state.claimed || state.ended.is_some() || state.remaining == 0 {
         return None;
     }
     state.claimed = true;
-    let claim = Claim {
+    let claim = One {
         source: Arc::clone(&source),
         read: Arc::clone(&state.read),
         ran: false,
@@ -226,10 +249,51 @@ pub(super) fn claim(offer: &Offer) -> Option<Claim> {
         remaining: state.remaining,
     };
     drop(state);
-    Some(claim)
+    Some(Claim::One(claim))
 }
 
 impl Claim {
+    /// Whether the claim takes over now, `sent` bytes into the response
+    /// (the bytes before it come through the core).
+    pub(super) fn ready(&mut self, sent: u64) -> bool {
+        match self {
+            Claim::One(one) => one.after == sent,
+            Claim::Member(member) => member.after() == Some(sent),
+        }
+    }
+
+    /// Completes when a claim that was not ready at the last
+    /// [`Claim::ready`] may have become so (a fan-out's group formed);
+    /// never for a claim that needs no more than the bytes it is sent.
+    pub(super) async fn changed(&self) {
+        match self {
+            Claim::One(_) => std::future::pending().await,
+            Claim::Member(member) => member.formed().await,
+        }
+    }
+
+    /// Writes the rest of the upload into `to` (see [`One::run`]).
+    pub(super) async fn run(self, to: &TcpStream) -> io::Result<u64> {
+        match self {
+            Claim::One(one) => one.run(to).await,
+            Claim::Member(member) => member.run(to).await,
+        }
+    }
+}
+
+/// The claim of a transfer's only receiver.
+pub(super) struct One {
+    source: Arc<Source>,
+    read: Arc<OwnedReadHalf>,
+    /// Whether it ran (else, dropped, it gives the socket back).
+    ran: bool,
+    /// Bytes the receiver gets through the core before the claim's.
+    after: u64,
+    before: Bytes,
+    remaining: u64,
+}
+
+impl One {
     /// Writes the bytes read with the head, then splices the rest of the
     /// upload into `to`. Returns the bytes written; an error means the
     /// response must be cut.
@@ -238,7 +302,7 @@ impl Claim {
         let before = std::mem::take(&mut self.before);
         let mut written = before.len() as u64;
         if let Err(error) = write_all(to, &before).await {
-            self.source.give_back(0);
+            self.source.give_back(0, Bytes::new());
             return Err(error);
         }
         match splice_all(self.read.as_ref().as_ref(), to, self.remaining).await {
@@ -253,19 +317,19 @@ impl Claim {
                 Err(io::Error::other("the sender's upload was cut short"))
             }
             Err(Cut::Receiver(taken, error)) => {
-                self.source.give_back(taken);
+                self.source.give_back(taken, Bytes::new());
                 Err(error)
             }
         }
     }
 }
 
-impl Drop for Claim {
+impl Drop for One {
     fn drop(&mut self) {
         // Dropped before it ran (the response was dropped): the socket
         // goes back, nothing taken.
         if !self.ran {
-            self.source.give_back(0);
+            self.source.give_back(0, std::mem::take(&mut self.before));
         }
     }
 }
@@ -282,6 +346,29 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// A pipe between two sockets, non-blocking, asked to hold [`PIPE_SIZE`].
+struct Pipe {
+    read: rustix::fd::OwnedFd,
+    write: rustix::fd::OwnedFd,
+    /// Bytes it holds (what the kernel granted).
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // Refused past the user's pipe quota: the default size then.
+        let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+            .unwrap_or(64 * 1024);
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
 /// Why splicing stopped early, and the bytes taken from the sender's
 /// socket by then.
 enum Cut {
@@ -292,9 +379,11 @@ enum Cut {
 /// Moves `length` bytes from `from` to `to` through a pipe, reading and
 /// writing as each side is ready (the pipe is the buffer between them).
 async fn splice_all(from: &TcpStream, to: &TcpStream, length: u64) -> Result<(), Cut> {
-    let (pipe_out, pipe_in) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-        .map_err(|errno| Cut::Receiver(0, errno.into()))?;
-    let capacity = rustix::pipe::fcntl_setpipe_size(&pipe_in, PIPE_SIZE).unwrap_or(64 * 1024);
+    let Pipe {
+        read: pipe_out,
+        write: pipe_in,
+        capacity,
+    } = Pipe::new().map_err(|error| Cut::Receiver(0, error))?;
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     let mut taken: u64 = 0;
     let mut in_pipe: usize = 0;
