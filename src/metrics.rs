@@ -235,7 +235,15 @@ impl Collector for RelayState {
             None,
             bytes.metric_type(),
         )?;
-        bytes.encode(metric)
+        bytes.encode(metric)?;
+        let spliced = ConstCounter::new(totals.spliced);
+        let metric = encoder.encode_descriptor(
+            "spliced_bytes",
+            "Of the relayed bytes, those moved from the sender's socket to the receivers' by splice(2), never copied into the relay",
+            None,
+            spliced.metric_type(),
+        )?;
+        spliced.encode(metric)
     }
 }
 
@@ -363,6 +371,7 @@ mod tests {
             "tubes_paths 1",
             "tubes_transfers_total{outcome=\"completed\"} 0",
             "tubes_relayed_bytes_total 0",
+            "tubes_spliced_bytes_total 0",
             "tubes_receiver_wait_seconds_count 0",
             "tubes_transfer_seconds_count 0",
         ] {

@@ -87,6 +87,7 @@ struct Totals {
     completed: AtomicU64,
     aborted: AtomicU64,
     bytes: AtomicU64,
+    spliced: AtomicU64,
     /// How long ended transfers ran.
     durations: Histogram,
     /// How long receivers waited for their transfer to start.
@@ -145,6 +146,9 @@ pub struct TotalsSnapshot {
     pub aborted: u64,
     /// Bytes read from senders of started transfers.
     pub bytes: u64,
+    /// Of those, bytes a transport moved itself, socket to socket (see
+    /// [`Relay::count_relayed`]).
+    pub spliced: u64,
     /// How long ended transfers ran.
     pub durations: HistogramSnapshot,
     /// How long receivers waited for their transfer to start.
@@ -534,9 +538,11 @@ impl Relay {
 
     /// Totals since the relay started.
     /// Counts bytes a transport relayed itself, past the fan-out (spliced
-    /// from a sender's socket to its receiver's; see [`Head::offer`]).
+    /// from a sender's socket to its receivers'; see [`Head::offer`]).
     pub fn count_relayed(&self, bytes: u64) {
-        self.shared.totals.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let totals = &self.shared.totals;
+        totals.bytes.fetch_add(bytes, Ordering::Relaxed);
+        totals.spliced.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn totals(&self) -> TotalsSnapshot {
@@ -546,6 +552,7 @@ impl Relay {
             completed: t.completed.load(Ordering::Relaxed),
             aborted: t.aborted.load(Ordering::Relaxed),
             bytes: t.bytes.load(Ordering::Relaxed),
+            spliced: t.spliced.load(Ordering::Relaxed),
             durations: t.durations.snapshot(),
             waits: t.waits.snapshot(),
         }

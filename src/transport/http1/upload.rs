@@ -484,6 +484,7 @@ impl http_body::Body for Upload {
             read,
             remaining,
             yielded,
+            waker,
             ..
         } = &mut *state;
         let want = usize::try_from(*remaining)
@@ -491,7 +492,15 @@ impl http_body::Body for Upload {
             .min(this.next_read);
         loop {
             match (**read).as_ref().poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Kept here too: a claimant that takes the socket
+                    // takes its readiness with it, and wakes this one
+                    // from here when it is done.
+                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(Ok(())) => {}
             }

@@ -291,6 +291,7 @@ fn duplicate(stream: &TcpStream) -> io::Result<TcpStream> {
     let fd = rustix::io::dup(stream)?;
     let stream = std::net::TcpStream::from(fd);
     stream.set_nonblocking(true)?;
+
     TcpStream::from_std(stream)
 }
 
@@ -326,7 +327,10 @@ impl Run<'_> {
         let mut i = 0;
         while i < self.outs.len() {
             let out = &mut self.outs[i];
-            match write_all(&out.stream, &before).await.and_then(|()| Pipe::new()) {
+            match write_all(&out.stream, &before)
+                .await
+                .and_then(|()| Pipe::new())
+            {
                 Ok(pipe) => {
                     out.pipe = Some(pipe);
                     i += 1;
@@ -439,9 +443,10 @@ impl Run<'_> {
                 if i == source {
                     continue;
                 }
-                let copied = out.pipe.as_ref().map(|to| {
-                    rustix::pipe::tee(&from.read, &to.write, n, SpliceFlags::NONBLOCK)
-                });
+                let copied = out
+                    .pipe
+                    .as_ref()
+                    .map(|to| rustix::pipe::tee(&from.read, &to.write, n, SpliceFlags::NONBLOCK));
                 if !matches!(copied, Some(Ok(copied)) if copied == n) {
                     short.push(i);
                 }
