@@ -123,6 +123,24 @@ async fn send(
     String::from_utf8_lossy(&log).into_owned()
 }
 
+/// Starts one raw receiver per way of reading on `path`, and waits until
+/// all of them are registered.
+async fn receivers_waiting(
+    server: &Server,
+    path: &str,
+    ways: &[Reading],
+) -> Vec<tokio::task::JoinHandle<Got>> {
+    let receivers = ways
+        .iter()
+        .map(|&how| tokio::spawn(receive(server.addr, path.to_string(), how)))
+        .collect();
+    let count = ways.len();
+    server
+        .wait_for("receivers", |s| s.waiting_receivers == count)
+        .await;
+    receivers
+}
+
 const ALL_RECEIVED: &str = "All receiver(s) was/were received successfully.";
 
 /// Three receivers (one of them HTTP/1.0) get every byte, in both arrival
@@ -265,13 +283,7 @@ async fn a_receiver_that_leaves_halfway_leaves_the_others_whole() {
             ..Reading::default()
         },
     ];
-    let receivers: Vec<_> = ways
-        .iter()
-        .map(|&how| tokio::spawn(receive(server.addr, path.clone(), how)))
-        .collect();
-    server
-        .wait_for("receivers", |s| s.waiting_receivers == 3)
-        .await;
+    let receivers = receivers_waiting(&server, &path, &ways).await;
     let log = send(server.addr, &path, &data, None).await;
     assert!(log.contains("A receiver aborted."), "{log}");
     assert!(!log.contains(ALL_RECEIVED), "{log}");
@@ -298,12 +310,7 @@ async fn a_sender_cut_halfway_cuts_every_receiver() {
     let server = Server::start().await;
     let data = common::Pattern::new(13).bytes(10 << 20);
     let path = "/tee-cut?n=3".to_string();
-    let receivers: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(receive(server.addr, path.clone(), Reading::default())))
-        .collect();
-    server
-        .wait_for("receivers", |s| s.waiting_receivers == 3)
-        .await;
+    let receivers = receivers_waiting(&server, &path, &[Reading::default(); 3]).await;
     send(server.addr, &path, &data, Some(3 << 20)).await;
     for receiver in receivers {
         let got = receiver.await.expect("receiver");
@@ -322,18 +329,13 @@ async fn every_receiver_leaving_frees_the_path() {
     let server = Server::start().await;
     let data = common::Pattern::new(17).bytes(24 << 20);
     let path = "/tee-all-leave?n=3".to_string();
-    let receivers: Vec<_> = (0..3)
-        .map(|i| {
-            let how = Reading {
-                leave_after: Some((1 + i) << 20),
-                ..Reading::default()
-            };
-            tokio::spawn(receive(server.addr, path.clone(), how))
+    let ways: Vec<Reading> = (0..3)
+        .map(|i| Reading {
+            leave_after: Some((1 + i) << 20),
+            ..Reading::default()
         })
         .collect();
-    server
-        .wait_for("receivers", |s| s.waiting_receivers == 3)
-        .await;
+    let receivers = receivers_waiting(&server, &path, &ways).await;
     let stream = TcpStream::connect(server.addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
     write
@@ -371,12 +373,7 @@ async fn every_receiver_leaving_frees_the_path() {
     server.wait_empty().await;
     // The path is free: a new transfer on it goes through.
     let small = common::Pattern::new(19).bytes(100_000);
-    let receivers: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(receive(server.addr, path.clone(), Reading::default())))
-        .collect();
-    server
-        .wait_for("receivers", |s| s.waiting_receivers == 3)
-        .await;
+    let receivers = receivers_waiting(&server, &path, &[Reading::default(); 3]).await;
     let log = send(server.addr, &path, &small, None).await;
     assert!(log.contains(ALL_RECEIVED), "{log}");
     for receiver in receivers {
