@@ -681,7 +681,9 @@ async fn a_websocket_receiver_mixed_in() {
     let data = Pattern::new(37).bytes(3 << 20);
     let path = format!("{}?n=3", common::path("tee-ws"));
     let raw = waiting_receivers(&server, &path, &hows(2)).await;
-    let url = server.url(&format!("{path}&ws=receive")).replacen("http://", "ws://", 1);
+    let url = server
+        .url(&format!("{path}&ws=receive"))
+        .replacen("http://", "ws://", 1);
     let (mut ws, response) = tokio::time::timeout(LIMIT, tokio_tungstenite::connect_async(&url))
         .await
         .expect("handshake in time")
@@ -814,6 +816,30 @@ async fn twenty_fan_outs_at_once() {
     server.stop().await;
 }
 
+/// Bytes the server has not read yet from its socket connected to
+/// `client` (its receive queue, from /proc/net/tcp).
+fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()) {
+            let queues = fields.get(4)?;
+            u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
 /// A server whose shutdown the test triggers, with a grace period.
 struct Draining {
     addr: SocketAddr,
@@ -826,6 +852,11 @@ fn draining(grace: Duration, read_ahead: usize) -> impl std::future::Future<Outp
     async move {
         use tubes::relay::{Relay, RelayConfig};
         use tubes::server::{self, ServeConfig};
+        // RUST_LOG=tubes=debug shows the server's logs in a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -919,13 +950,13 @@ async fn shutdown_while_a_tee_runs() {
 
 /// The server shuts down while two receivers of three have joined the
 /// group and the third, slow, still takes the bytes the relay held
-/// (sender first, 8 MiB read ahead): the two joined ones must see their
+/// (sender first, 4 MiB read ahead): the two joined ones must see their
 /// connection close (a cut), as the slow one does; and once the sender
 /// leaves, nothing stays registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_a_member_still_takes_the_held_bytes() {
     let server = draining(Duration::from_millis(100), 16 << 20).await;
-    let held = 8 << 20;
+    let held = 4 << 20;
     let size = held + (4 << 20);
     let data = Pattern::new(47).bytes(size);
     let path = format!("{}?n=3", common::path("tee-shutdown-joined"));
@@ -934,8 +965,14 @@ async fn shutdown_while_a_member_still_takes_the_held_bytes() {
     server
         .wait_until("the sender", |s| s.waiting_senders == 1)
         .await;
+    // The relay holds them all (read ahead) before the receivers come.
+    let client = stream.local_addr().expect("address");
+    until("the relay reads what was sent", || {
+        unread_by_server(server.addr, client) == Some(0)
+    })
+    .await;
     let mut hows = hows(3);
-    hows[1].pace = Some((16 << 10, Duration::from_millis(10)));
+    hows[1].pace = Some((16 << 10, Duration::from_millis(50)));
     hows[1].rcvbuf = Some(16 << 10);
     let receivers: Vec<_> = hows
         .iter()
@@ -976,4 +1013,195 @@ async fn shutdown_while_a_member_still_takes_the_held_bytes() {
         .wait_until(LIMIT, |s| *s == tubes::relay::Stats::default())
         .await;
     assert!(empty, "left registered: {stats:?}");
+}
+
+/// The process's open descriptors.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Fan-outs that end every way (whole, a receiver leaving, every receiver
+/// leaving, the sender cut) leave no descriptor behind: no pipe, no
+/// duplicate of a receiver's socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_descriptor_left_behind() {
+    let server = Server::start().await;
+    let data = Pattern::new(53).bytes(4 << 20);
+    // One transfer first, so that whatever is opened once (the runtime's
+    // own descriptors) is in the baseline.
+    let path = format!("{}?n=3", common::path("tee-fds"));
+    let receivers = waiting_receivers(&server, &path, &hows(3)).await;
+    send(server.addr, &path, data.clone()).await;
+    for receiver in receivers {
+        receiver.got().await;
+    }
+    server.wait_empty().await;
+    let baseline = open_fds();
+    for round in 0..4 {
+        let path = format!("{}?n=3", common::path("tee-fds"));
+        let mut hows = hows(3);
+        match round {
+            1 => hows[0].leave_after = Some(1 << 20),
+            2 => {
+                for how in &mut hows {
+                    how.leave_after = Some(1 << 20);
+                }
+            }
+            _ => {}
+        }
+        let receivers = waiting_receivers(&server, &path, &hows).await;
+        if round == 3 {
+            let stream = put(server.addr, &path, data.len(), &[]).await;
+            let (read, mut write) = stream.into_split();
+            write.write_all(&data[..2 << 20]).await.expect("write");
+            drop((read, write));
+        } else {
+            send(server.addr, &path, data.clone()).await;
+        }
+        for receiver in receivers {
+            receiver.got().await;
+        }
+        server.wait_empty().await;
+    }
+    // Connections close shortly after their clients do.
+    until("descriptors back to the baseline", || {
+        open_fds() <= baseline
+    })
+    .await;
+    server.stop().await;
+}
+
+/// The sender pauses mid-tee (every pipe empty, the driver waits for the
+/// sender), then every receiver leaves, then the sender sends on: the
+/// sender hears they all left, and the path is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_receiver_leaving_while_the_sender_pauses() {
+    let server = Server::start().await;
+    let size = 8 << 20;
+    let data = Pattern::new(59).bytes(size);
+    let path = format!("{}?n=3", common::path("tee-pause"));
+    let mut hows = hows(3);
+    for how in &mut hows {
+        how.leave_after = Some(1 << 20);
+    }
+    let receivers = waiting_receivers(&server, &path, &hows).await;
+    let mut stream = put(server.addr, &path, size, &[]).await;
+    stream.write_all(&data[..1 << 20]).await.expect("write");
+    for receiver in receivers {
+        receiver.got().await.assert_cut("receiver", &data);
+    }
+    let log = finish(stream, data.slice(1 << 20..)).await;
+    assert!(
+        log.contains("All receiver(s) was/were aborted halfway."),
+        "{log}"
+    );
+    server.wait_empty().await;
+    server.stop().await;
+}
+
+/// The sender pauses mid-tee, then leaves: every receiver is cut, with
+/// only bytes that were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_leaving_while_paused_mid_tee() {
+    let server = Server::start().await;
+    let size = 8 << 20;
+    let data = Pattern::new(61).bytes(size);
+    let path = format!("{}?n=3", common::path("tee-pause-cut"));
+    let receivers = waiting_receivers(&server, &path, &hows(3)).await;
+    let mut stream = put(server.addr, &path, size, &[]).await;
+    stream.write_all(&data[..3 << 20]).await.expect("write");
+    until("every receiver has what was sent", || {
+        receivers
+            .iter()
+            .all(|r| r.progress.load(Ordering::SeqCst) == 3 << 20)
+    })
+    .await;
+    drop(stream);
+    for (i, receiver) in receivers.into_iter().enumerate() {
+        let got = receiver.got().await;
+        got.assert_cut(&format!("receiver {i}"), &data);
+        assert_eq!(got.body.len(), 3 << 20, "receiver {i}");
+    }
+    server.wait_empty().await;
+    server.stop().await;
+}
+
+/// Receivers on HTTP/1.1 keep their connection after a teed response:
+/// one sends its next request only after the body, one pipelines it with
+/// its GET (it waits, unread, through the tee). Both get the teed body
+/// whole, then an answer to the next request on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_goes_on_after_the_tee() {
+    let server = Server::start().await;
+    let data = Pattern::new(67).bytes(5 << 20);
+    let path = format!("{}?n=3", common::path("tee-keep"));
+    let next = "GET /-/healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut streams = Vec::new();
+    for pipelined in [false, true] {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        if pipelined {
+            request.push_str(next);
+        }
+        stream.write_all(request.as_bytes()).await.expect("write");
+        streams.push((pipelined, stream));
+    }
+    let third = spawn_receiver(server.addr, &path, How::default());
+    server
+        .wait_for("receivers", |s| s.waiting_receivers == 3)
+        .await;
+    let before = server.relay.totals();
+    let sender = {
+        let (addr, path, data) = (server.addr, path.clone(), data.clone());
+        tokio::spawn(async move { send(addr, &path, data).await })
+    };
+    let checks: Vec<_> = streams
+        .into_iter()
+        .map(|(pipelined, mut stream)| {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let what = format!("pipelined {pipelined}");
+                let mut buf = Vec::new();
+                let (at, head, length) = tokio::time::timeout(LIMIT, async {
+                    loop {
+                        if let Some((at, head, Some(length))) = parse_head(&buf) {
+                            if buf.len() >= at + length {
+                                return (at, head, length);
+                            }
+                        }
+                        let n = stream.read_buf(&mut buf).await.expect("read");
+                        assert!(n > 0, "{what}: closed after {} bytes", buf.len());
+                    }
+                })
+                .await
+                .expect("the body in time");
+                assert!(head.starts_with("http/1.1 200"), "{what}: {head}");
+                assert!(!head.contains("connection: close"), "{what}: {head}");
+                assert!(buf[at..at + length] == data[..], "{what}: the bytes differ");
+                let mut rest = buf.split_off(at + length);
+                if !pipelined {
+                    stream.write_all(next.as_bytes()).await.expect("write");
+                }
+                tokio::time::timeout(LIMIT, async {
+                    while parse_head(&rest).is_none() {
+                        let n = stream.read_buf(&mut rest).await.expect("read");
+                        assert!(n > 0, "{what}: closed before the next answer");
+                    }
+                })
+                .await
+                .expect("the next answer in time");
+                let (_, head, _) = parse_head(&rest).expect("head");
+                assert!(head.starts_with("http/1.1 200"), "{what}: {head}");
+            })
+        })
+        .collect();
+    for check in checks {
+        check.await.expect("a kept-alive receiver");
+    }
+    third.got().await.assert_whole("third", &data);
+    let log = sender.await.expect("sender");
+    assert!(log.contains(ALL_RECEIVED), "{log}");
+    assert!(server.relay.totals().spliced > before.spliced, "not teed");
+    server.wait_empty().await;
+    server.stop().await;
 }
