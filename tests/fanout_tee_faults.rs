@@ -854,37 +854,35 @@ struct Draining {
     serving: JoinHandle<std::io::Result<()>>,
 }
 
-fn draining(grace: Duration, read_ahead: usize) -> impl std::future::Future<Output = Draining> {
-    async move {
-        use tubes::relay::{Relay, RelayConfig};
-        use tubes::server::{self, ServeConfig};
-        // RUST_LOG=tubes=debug shows the server's logs in a failing test.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let relay = Relay::new(RelayConfig {
-            read_ahead,
-            ..RelayConfig::default()
-        });
-        let config = ServeConfig {
-            grace,
-            ..ServeConfig::default()
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server::serve(listener, relay.clone(), config, async {
-            let _ = stopped.await;
-        }));
-        Draining {
-            addr,
-            relay,
-            stop,
-            serving,
-        }
+async fn draining(grace: Duration, read_ahead: usize) -> Draining {
+    use tubes::relay::{Relay, RelayConfig};
+    use tubes::server::{self, ServeConfig};
+    // RUST_LOG=tubes=debug shows the server's logs in a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let relay = Relay::new(RelayConfig {
+        read_ahead,
+        ..RelayConfig::default()
+    });
+    let config = ServeConfig {
+        grace,
+        ..ServeConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve(listener, relay.clone(), config, async {
+        let _ = stopped.await;
+    }));
+    Draining {
+        addr,
+        relay,
+        stop,
+        serving,
     }
 }
 
