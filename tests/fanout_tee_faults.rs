@@ -1311,3 +1311,99 @@ async fn shutdown_with_grace_lets_a_tee_finish() {
     let relay = stopped.await.expect("shutdown");
     assert_eq!(relay.stats(), tubes::relay::Stats::default());
 }
+
+/// Twelve fan-outs at once, each with its own fault (a receiver leaving
+/// early or late, two leaving, the sender cut early or late, none), both
+/// arrival orders: the invariants hold for each, and the relay ends
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fan_outs_with_faults() {
+    let server = Server::start().await;
+    let size = 3 << 20;
+    let mut transfers = Vec::new();
+    for t in 0..12usize {
+        let data = Pattern::new(200 + t as u64).bytes(size);
+        let path = format!("{}?n=3", common::path("tee-chaos"));
+        let addr = server.addr;
+        let mut hows = hows(3);
+        let mut cut = None;
+        match t % 6 {
+            0 => hows[0].leave_after = Some(0),
+            1 => hows[1].leave_after = Some(size / 2),
+            2 => {
+                hows[0].leave_after = Some(100_000);
+                hows[2].leave_after = Some(100_000);
+            }
+            3 => cut = Some(1000),
+            4 => cut = Some(size - 1000),
+            _ => {}
+        }
+        let sender_first = t % 2 == 1;
+        transfers.push(tokio::spawn(async move {
+            let start = |hows: &[How]| -> Vec<Receiver> {
+                hows.iter()
+                    .map(|&how| spawn_receiver(addr, &path, how))
+                    .collect()
+            };
+            let receivers_early = if sender_first {
+                Vec::new()
+            } else {
+                start(&hows)
+            };
+            let stream = put(addr, &path, size, &[]).await;
+            let (log, receivers) = match cut {
+                Some(cut) => {
+                    let (read, mut write) = stream.into_split();
+                    let receivers = if sender_first {
+                        start(&hows)
+                    } else {
+                        receivers_early
+                    };
+                    let _ = write.write_all(&data[..cut]).await;
+                    // The bytes sent must reach the receivers first (a
+                    // close with unread bytes would reset the connection):
+                    // wait until a receiver has them all, or is cut.
+                    let deadline = tokio::time::Instant::now() + LIMIT;
+                    while receivers
+                        .iter()
+                        .all(|r| r.progress.load(Ordering::SeqCst) < cut && !r.task.is_finished())
+                    {
+                        assert!(tokio::time::Instant::now() < deadline, "{t}: stuck");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    drop((read, write));
+                    (None, receivers)
+                }
+                None => {
+                    let receivers = if sender_first {
+                        start(&hows)
+                    } else {
+                        receivers_early
+                    };
+                    (Some(finish(stream, data.clone()).await), receivers)
+                }
+            };
+            for (i, receiver) in receivers.into_iter().enumerate() {
+                let got = receiver.got().await;
+                let what = format!("transfer {t}, receiver {i}");
+                if cut.is_some() || hows[i].leave_after.is_some() {
+                    got.assert_cut(&what, &data);
+                } else {
+                    got.assert_whole(&what, &data);
+                }
+            }
+            if let Some(log) = log {
+                // (A receiver that left may still count as served: the
+                // server may have written every byte into its socket.)
+                if hows.iter().all(|how| how.leave_after.is_none()) {
+                    assert!(log.contains(ALL_RECEIVED), "transfer {t}: {log}");
+                }
+            }
+        }));
+    }
+    for transfer in transfers {
+        transfer.await.expect("transfer");
+    }
+    server.wait_empty().await;
+    server.stop().await;
+}
