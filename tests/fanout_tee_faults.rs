@@ -1407,3 +1407,116 @@ async fn concurrent_fan_outs_with_faults() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// The sender closes right after its last byte (its log unread) while a
+/// slow receiver is still far behind. Teed (every receiver a first
+/// request), the bytes are all in the receivers' sockets before the
+/// sender can be seen gone: every receiver gets every byte. With an
+/// HTTP/2 receiver mixed in, the relay carries the bytes and a sender
+/// that leaves mid-transfer aborts the receivers still behind (spec §8):
+/// each is whole or visibly cut, never short and clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_closing_after_its_last_byte_with_a_slow_receiver() {
+    let server = Server::start().await;
+    let size = 8 << 20;
+    let data = Pattern::new(83).bytes(size);
+    for h2 in [false, true] {
+        let path = format!("{}?n=3", common::path("tee-close-at-end"));
+        let mut hows = hows(if h2 { 2 } else { 3 });
+        hows[0].pace = Some((64 << 10, Duration::from_millis(5)));
+        hows[0].rcvbuf = Some(64 << 10);
+        let raw = waiting_receivers(&server, &path, &hows).await;
+        let h2_task = if h2 {
+            let mut conn = Conn::open(&server, Proto::H2c).await;
+            let request = conn
+                .request("GET", &path)
+                .body(common::empty())
+                .expect("request");
+            let response = conn.send(request);
+            server
+                .wait_for("three receivers", |s| s.waiting_receivers == 3)
+                .await;
+            Some(tokio::spawn(async move {
+                let response = response.await.expect("response");
+                let body = response.into_body().collect().await;
+                drop(conn);
+                body.map(|b| b.to_bytes())
+            }))
+        } else {
+            None
+        };
+        let mut stream = put(server.addr, &path, size, &[]).await;
+        stream.write_all(&data).await.expect("write");
+        // Gone once the server has read every byte (the log unread: closing
+        // with unread bytes resets the connection, a reset is fine here).
+        let client = stream.local_addr().expect("address");
+        until("the server reads the upload", || {
+            unread_by_server(server.addr, client) == Some(0)
+        })
+        .await;
+        drop(stream);
+        for (i, receiver) in raw.into_iter().enumerate() {
+            let got = receiver.got().await;
+            let what = format!("h2 {h2}: receiver {i}");
+            if h2 && !got.whole() {
+                got.assert_cut(&what, &data);
+            } else {
+                got.assert_whole(&what, &data);
+            }
+        }
+        if let Some(task) = h2_task {
+            let body = task.await.expect("h2 task");
+            if let Ok(body) = body {
+                assert!(body == data, "the h2 receiver ended cleanly, short");
+            }
+        }
+        server.wait_empty().await;
+    }
+    server.stop().await;
+}
+
+/// Beside an HTTP/2 receiver (no group can form), a raw receiver that
+/// leaves gives up its ask (the group is spoiled for good): the relay
+/// carries the bytes and the others get them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_receiver_that_leaves_beside_an_h2_one() {
+    let server = Server::start().await;
+    let data = Pattern::new(89).bytes(6 << 20);
+    let path = format!("{}?n=3", common::path("tee-raw-leave-h2"));
+    let mut hows = hows(2);
+    hows[0].leave_after = Some(0);
+    let raw = waiting_receivers(&server, &path, &hows).await;
+    let mut conn = Conn::open(&server, Proto::H2c).await;
+    let request = conn
+        .request("GET", &path)
+        .body(common::empty())
+        .expect("request");
+    let response = conn.send(request);
+    let h2 = tokio::spawn(async move {
+        let response = response.await.expect("response");
+        let body = response.into_body().collect().await.expect("body");
+        drop(conn);
+        body.to_bytes()
+    });
+    server
+        .wait_for("three receivers", |s| s.waiting_receivers == 3)
+        .await;
+    let before = server.relay.totals();
+    let log = send(server.addr, &path, data.clone()).await;
+    assert!(log.contains(ONE_ABORTED), "{log}");
+    let mut raw = raw.into_iter();
+    raw.next()
+        .expect("leaver")
+        .got()
+        .await
+        .assert_cut("the leaver", &data);
+    raw.next()
+        .expect("stayer")
+        .got()
+        .await
+        .assert_whole("the raw one that stays", &data);
+    assert!(h2.await.expect("h2 receiver") == data);
+    assert_eq!(server.relay.totals().spliced, before.spliced);
+    server.wait_empty().await;
+    server.stop().await;
+}
