@@ -1520,3 +1520,171 @@ async fn a_raw_receiver_that_leaves_beside_an_h2_one() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// CPU time the process has used (user and system), in clock ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Asserts the process stays (nearly) idle for `span`: nothing spins
+/// while the fan-out waits.
+async fn assert_idle(what: &str, span: Duration) {
+    let ticks = cpu_ticks();
+    tokio::time::sleep(span).await;
+    let used = cpu_ticks() - ticks;
+    // 100 ticks a second; allow a fifth of one core.
+    let allowed = span.as_millis() as u64 / 10 / 5;
+    assert!(
+        used <= allowed,
+        "{what}: {used} ticks of CPU in {span:?} (a busy loop?)"
+    );
+}
+
+/// Waiting costs nothing: while a tee waits for a receiver that stopped
+/// reading, for a sender that paused, and while receivers that joined
+/// wait for one that still takes the bytes the relay held, the process
+/// stays idle (no future that is ready again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_costs_no_cpu() {
+    let server = Server::start_with(tubes::relay::RelayConfig {
+        read_ahead: 4 << 20,
+        ..tubes::relay::RelayConfig::default()
+    })
+    .await;
+    let size = 16 << 20;
+    let data = Pattern::new(97).bytes(size);
+
+    // A receiver that stops reading (mid-tee) for a while.
+    let path = format!("{}?n=3", common::path("tee-idle-stall"));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut stalled = connect(server.addr, Some(16 << 10)).await;
+    stalled
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    server
+        .wait_for("the first receiver", |s| s.waiting_receivers == 1)
+        .await;
+    let others = waiting_receivers(&server, &path, &hows(2)).await;
+    server
+        .wait_for("three receivers", |s| s.waiting_receivers == 3)
+        .await;
+    let sender = {
+        let (addr, path, data) = (server.addr, path.clone(), data.clone());
+        tokio::spawn(async move { send(addr, &path, data).await })
+    };
+    until("the others have 1 MiB", || {
+        others
+            .iter()
+            .all(|r| r.progress.load(Ordering::SeqCst) >= 1 << 20)
+    })
+    .await;
+    // Stalled: the others stop moving too (the slowest sets the pace).
+    let mut last = 0;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = others[0].progress.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never stalled");
+        last = now;
+    }
+    assert_idle(
+        "a tee waiting for a stalled receiver",
+        Duration::from_secs(1),
+    )
+    .await;
+    let reader = {
+        let release = Arc::clone(&release);
+        tokio::spawn(async move {
+            release.notified().await;
+            let mut all = Vec::new();
+            let _ = tokio::time::timeout(LIMIT, stalled.read_to_end(&mut all)).await;
+            all
+        })
+    };
+    release.notify_one();
+    assert!(sender.await.expect("sender").contains(ALL_RECEIVED));
+    for receiver in others {
+        receiver.got().await.assert_whole("another", &data);
+    }
+    let all = reader.await.expect("reader");
+    assert!(all.ends_with(&data), "the stalled receiver's bytes");
+    server.wait_empty().await;
+
+    // A sender that pauses mid-tee.
+    let path = format!("{}?n=3", common::path("tee-idle-pause"));
+    let receivers = waiting_receivers(&server, &path, &hows(3)).await;
+    let mut stream = put(server.addr, &path, size, &[]).await;
+    stream.write_all(&data[..2 << 20]).await.expect("write");
+    until("every receiver has what was sent", || {
+        receivers
+            .iter()
+            .all(|r| r.progress.load(Ordering::SeqCst) == 2 << 20)
+    })
+    .await;
+    assert_idle("a tee waiting for a paused sender", Duration::from_secs(1)).await;
+    let log = finish(stream, data.slice(2 << 20..)).await;
+    assert!(log.contains(ALL_RECEIVED), "{log}");
+    for receiver in receivers {
+        receiver.got().await.assert_whole("after a pause", &data);
+    }
+    server.wait_empty().await;
+
+    // Sender first (4 MiB held): two receivers join at once, the third
+    // has not read its bytes yet.
+    let path = format!("{}?n=3", common::path("tee-idle-join"));
+    let mut stream = put(server.addr, &path, size, &[]).await;
+    stream.write_all(&data[..4 << 20]).await.expect("write");
+    server
+        .wait_for("the sender", |s| s.waiting_senders == 1)
+        .await;
+    let client = stream.local_addr().expect("address");
+    until("the relay reads what was sent", || {
+        unread_by_server(server.addr, client) == Some(0)
+    })
+    .await;
+    let mut late = connect(server.addr, Some(16 << 10)).await;
+    late.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let joined = hows(2)
+        .into_iter()
+        .map(|how| spawn_receiver(server.addr, &path, how))
+        .collect::<Vec<_>>();
+    until("the joined ones have what the relay held", || {
+        joined
+            .iter()
+            .all(|r| r.progress.load(Ordering::SeqCst) >= 4 << 20)
+    })
+    .await;
+    assert_idle(
+        "receivers waiting for one that still takes the held bytes",
+        Duration::from_secs(1),
+    )
+    .await;
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(LIMIT, late.read_to_end(&mut all)).await;
+        all
+    });
+    let log = finish(stream, data.slice(4 << 20..)).await;
+    assert!(log.contains(ALL_RECEIVED), "{log}");
+    for receiver in joined {
+        receiver.got().await.assert_whole("joined", &data);
+    }
+    assert!(reader.await.expect("reader").ends_with(&data));
+    server.wait_empty().await;
+    server.stop().await;
+}
