@@ -631,6 +631,16 @@ async fn the_sender_leaving_at_every_stage() {
         let stream = put(server.addr, &path, size, &[]).await;
         let (_read, mut write) = stream.into_split();
         write.write_all(&data[..cut]).await.expect("write");
+        if cut == size {
+            // Closing with the log unread resets the connection, and a
+            // reset drops what the sender's kernel still holds: the whole
+            // upload must be in the server first.
+            let client = write.local_addr().expect("address");
+            until("the server reads the whole upload", || {
+                all_read_by_server(server.addr, client)
+            })
+            .await;
+        }
         // Gone at once, log unread (its socket closes, both ways).
         drop(write);
         drop(_read);
@@ -822,9 +832,9 @@ async fn twenty_fan_outs_at_once() {
     server.stop().await;
 }
 
-/// Bytes the server has not read yet from its socket connected to
-/// `client` (its receive queue, from /proc/net/tcp).
-fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+/// A TCP socket's send and receive queues (bytes not acknowledged, bytes
+/// not read by its owner), from /proc/net/tcp.
+fn queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
     let hex = |addr: SocketAddr| match addr {
         SocketAddr::V4(v4) => format!(
             "{:08X}:{:04X}",
@@ -833,17 +843,27 @@ fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u64> {
         ),
         SocketAddr::V6(_) => String::new(),
     };
-    let (local, remote) = (hex(server), hex(client));
+    let (local, remote) = (hex(local), hex(remote));
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()) {
-            let queues = fields.get(4)?;
-            u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+            let (tx, rx) = fields.get(4)?.split_once(':')?;
+            Some((
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            ))
         } else {
             None
         }
     })
+}
+
+/// Whether the server has read every byte its client `client` sent (none
+/// left in flight, none unread).
+fn all_read_by_server(server: SocketAddr, client: SocketAddr) -> bool {
+    queues(server, client).is_some_and(|(_, unread)| unread == 0)
+        && queues(client, server).is_some_and(|(unsent, _)| unsent == 0)
 }
 
 /// A server whose shutdown the test triggers, with a grace period.
@@ -972,7 +992,7 @@ async fn shutdown_while_a_member_still_takes_the_held_bytes() {
     // The relay holds them all (read ahead) before the receivers come.
     let client = stream.local_addr().expect("address");
     until("the relay reads what was sent", || {
-        unread_by_server(server.addr, client) == Some(0)
+        all_read_by_server(server.addr, client)
     })
     .await;
     let mut hows = hows(3);
@@ -1451,7 +1471,7 @@ async fn the_sender_closing_after_its_last_byte_with_a_slow_receiver() {
         // with unread bytes resets the connection, a reset is fine here).
         let client = stream.local_addr().expect("address");
         until("the server reads the upload", || {
-            unread_by_server(server.addr, client) == Some(0)
+            all_read_by_server(server.addr, client)
         })
         .await;
         drop(stream);
@@ -1650,7 +1670,7 @@ async fn waiting_costs_no_cpu() {
         .await;
     let client = stream.local_addr().expect("address");
     until("the relay reads what was sent", || {
-        unread_by_server(server.addr, client) == Some(0)
+        all_read_by_server(server.addr, client)
     })
     .await;
     let mut late = connect(server.addr, Some(16 << 10)).await;
