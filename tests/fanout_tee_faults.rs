@@ -1061,9 +1061,11 @@ async fn no_descriptor_left_behind() {
     }
     server.wait_empty().await;
     let baseline = open_fds();
-    for round in 0..4 {
+    for round in 0..5 {
         let path = format!("{}?n=3", common::path("tee-fds"));
-        let mut hows = hows(3);
+        // Round 4: an HTTP/2 receiver mixed in (the relay carries the
+        // bytes; the offer rides in its response).
+        let mut hows = hows(if round == 4 { 2 } else { 3 });
         match round {
             1 => hows[0].leave_after = Some(1 << 20),
             2 => {
@@ -1074,6 +1076,25 @@ async fn no_descriptor_left_behind() {
             _ => {}
         }
         let receivers = waiting_receivers(&server, &path, &hows).await;
+        let h2 = if round == 4 {
+            let mut conn = Conn::open(&server, Proto::H2c).await;
+            let request = conn
+                .request("GET", &path)
+                .body(common::empty())
+                .expect("request");
+            let response = conn.send(request);
+            server
+                .wait_for("three receivers", |s| s.waiting_receivers == 3)
+                .await;
+            Some(tokio::spawn(async move {
+                let body = response.await.expect("response").into_body();
+                let got = body.collect().await.map(|b| b.to_bytes().len());
+                drop(conn);
+                got
+            }))
+        } else {
+            None
+        };
         if round == 3 {
             let stream = put(server.addr, &path, data.len(), &[]).await;
             let (read, mut write) = stream.into_split();
@@ -1084,6 +1105,10 @@ async fn no_descriptor_left_behind() {
         }
         for receiver in receivers {
             receiver.got().await;
+        }
+        if let Some(h2) = h2 {
+            let got = h2.await.expect("h2 receiver");
+            assert!(got.is_ok_and(|n| n == data.len()), "the h2 receiver");
         }
         server.wait_empty().await;
     }
