@@ -1733,3 +1733,46 @@ async fn waiting_costs_no_cpu() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// Sender first (the relay holds 2 MiB): a receiver that half-closes at
+/// once, while it still takes the held bytes, counts as gone (as with
+/// hyper) or, if it joined first, reads on; either way the others get
+/// every byte and the path is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_half_closes_before_joining() {
+    let server = Server::start_with(tubes::relay::RelayConfig {
+        read_ahead: 4 << 20,
+        ..tubes::relay::RelayConfig::default()
+    })
+    .await;
+    let size = 8 << 20;
+    let data = Pattern::new(101).bytes(size);
+    for who in 0..3 {
+        let path = format!("{}?n=3", common::path("tee-half-early"));
+        let mut stream = put(server.addr, &path, size, &[]).await;
+        stream.write_all(&data[..2 << 20]).await.expect("write");
+        server
+            .wait_for("the sender", |s| s.waiting_senders == 1)
+            .await;
+        let mut hows = hows(3);
+        hows[who].half_close_after = Some(0);
+        hows[who].rcvbuf = Some(16 << 10);
+        let receivers: Vec<_> = hows
+            .iter()
+            .map(|&how| spawn_receiver(server.addr, &path, how))
+            .collect();
+        let log = finish(stream, data.slice(2 << 20..)).await;
+        for (i, receiver) in receivers.into_iter().enumerate() {
+            let got = receiver.got().await;
+            let what = format!("half-closer {who}: receiver {i}");
+            if i == who && !got.whole() {
+                got.assert_cut(&what, &data);
+                assert!(log.contains(ONE_ABORTED), "{what}: {log}");
+            } else {
+                got.assert_whole(&what, &data);
+            }
+        }
+        server.wait_empty().await;
+    }
+    server.stop().await;
+}
