@@ -840,13 +840,13 @@ async fn first_part(
     Ok((head, Box::pin(stream)))
 }
 
-/// The first value of `key` in a query string, decoded as browsers do.
 /// The receivers a request asks for with `?n=` (1 if it asks for none,
 /// or in a way the handler refuses).
 pub(super) fn receivers_asked(uri: &http::Uri) -> usize {
     parse_count(query_value(uri.query(), "n").as_deref()).map_or(1, |n| n as usize)
 }
 
+/// The first value of `key` in a query string, decoded as browsers do.
 fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)

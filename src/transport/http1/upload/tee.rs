@@ -410,7 +410,12 @@ impl Run<'_> {
                         i += 1;
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => i += 1,
-                    Err(error) => self.fail(i, error),
+                    Err(error) => {
+                        self.fail(i, error);
+                        // Not a wait: the one that failed may have been
+                        // the last with bytes in its pipe (or the last).
+                        moved = true;
+                    }
                 }
             }
             if moved {
