@@ -346,6 +346,10 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Rounds of splicing (each up to a pipe's worth) between two yields to
+/// the runtime, while bytes keep moving.
+const YIELD_EVERY: u32 = 16;
+
 /// A pipe between two sockets, non-blocking, asked to hold [`PIPE_SIZE`].
 struct Pipe {
     read: rustix::fd::OwnedFd,
@@ -387,6 +391,7 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, length: u64) -> Result<(),
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     let mut taken: u64 = 0;
     let mut in_pipe: usize = 0;
+    let mut rounds: u32 = 0;
     while taken < length || in_pipe > 0 {
         let mut moved = false;
         let room = capacity.saturating_sub(in_pipe);
@@ -422,6 +427,12 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, length: u64) -> Result<(),
             }
         }
         if moved {
+            rounds = rounds.wrapping_add(1);
+            if rounds % YIELD_EVERY == 0 {
+                // A long fast transfer still lets the thread's other
+                // tasks run.
+                tokio::task::yield_now().await;
+            }
             continue;
         }
         // Neither side could go on: wait for one that can.

@@ -31,7 +31,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::{write_all, Pipe, Source};
+use super::{write_all, Pipe, Source, YIELD_EVERY};
 
 /// The fan-out's receivers, once all asked for the socket.
 pub(in super::super) struct Group {
@@ -349,6 +349,7 @@ impl Run<'_> {
     /// Moves `length` bytes from `from` to every receiver.
     async fn tee_all(&mut self, from: &TcpStream, length: u64) -> Ended {
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        let mut rounds: u32 = 0;
         loop {
             if self.outs.is_empty() {
                 return Ended::NoReceivers;
@@ -419,6 +420,12 @@ impl Run<'_> {
                 }
             }
             if moved {
+                rounds = rounds.wrapping_add(1);
+                if rounds % YIELD_EVERY == 0 {
+                    // A long fast transfer still lets the thread's other
+                    // tasks run.
+                    tokio::task::yield_now().await;
+                }
                 continue;
             }
             // Nothing could move: wait for the sender (when every pipe is
