@@ -415,3 +415,51 @@ async fn a_receiver_that_closes_once_it_has_a_spliced_upload_received_it() {
     server.wait_empty().await;
     server.stop().await;
 }
+
+/// An upload whose first bytes come in the same write as its head, to a
+/// waiting receiver: every byte arrives, and each is counted once as
+/// relayed, whichever side sends the bytes read with the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_with_the_head_are_counted_once() {
+    let server = Server::start().await;
+    let data = common::Pattern::new(29).bytes(3 << 20);
+    for round in 0..10 {
+        let path = format!("/with-head-{round}");
+        let addr = server.addr;
+        let get = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let receiver = tokio::spawn(async move {
+            let mut r = TcpStream::connect(addr).await.expect("connect");
+            r.write_all(get.as_bytes()).await.expect("write");
+            let mut rest = Vec::new();
+            read_response(&mut r, &mut rest).await
+        });
+        server
+            .wait_for("receiver", |s| s.waiting_receivers == 1)
+            .await;
+        let before = server.relay.totals().bytes;
+        let mut request = format!(
+            "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&data);
+        let s = TcpStream::connect(server.addr).await.expect("connect");
+        let (mut read, mut write) = s.into_split();
+        let upload = tokio::spawn(async move { write.write_all(&request).await.map(|()| write) });
+        let mut log = Vec::new();
+        tokio::time::timeout(LIMIT, read.read_to_end(&mut log))
+            .await
+            .expect("log in time")
+            .expect("log");
+        drop(upload.await.expect("task").expect("upload"));
+        let (_, body) = receiver.await.expect("receiver");
+        assert!(body == data, "round {round}: the body differs");
+        assert_eq!(
+            server.relay.totals().bytes - before,
+            data.len() as u64,
+            "round {round}: bytes counted as relayed"
+        );
+    }
+    server.wait_empty().await;
+    server.stop().await;
+}

@@ -537,12 +537,15 @@ impl Relay {
     }
 
     /// Totals since the relay started.
-    /// Counts bytes a transport relayed itself, past the fan-out (spliced
-    /// from a sender's socket to its receivers'; see [`Head::offer`]).
-    pub fn count_relayed(&self, bytes: u64) {
+    /// Counts bytes a transport relayed itself, past the fan-out (see
+    /// [`Head::offer`]): `spliced` from a sender's socket to its
+    /// receivers', or copied (read with the sender's head).
+    pub fn count_relayed(&self, bytes: u64, spliced: bool) {
         let totals = &self.shared.totals;
         totals.bytes.fetch_add(bytes, Ordering::Relaxed);
-        totals.spliced.fetch_add(bytes, Ordering::Relaxed);
+        if spliced {
+            totals.spliced.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     pub fn totals(&self) -> TotalsSnapshot {

@@ -171,7 +171,7 @@ impl Source {
     /// The claimant is done: `spliced` bytes came from the socket, and
     /// the upload ended whole or not.
     fn end(&self, spliced: u64, whole: bool) {
-        self.relay.count_relayed(spliced);
+        self.relay.count_relayed(spliced, true);
         let mut state = self.state();
         state.remaining = state.remaining.saturating_sub(spliced);
         state.ended = Some(whole);
@@ -188,7 +188,7 @@ impl Source {
     /// `taken` bytes fewer, with the bytes read with the head that the
     /// claimant did not send.
     fn give_back(&self, taken: u64, before: Bytes) {
-        self.relay.count_relayed(taken);
+        self.relay.count_relayed(taken, true);
         let mut state = self.state();
         state.remaining = state.remaining.saturating_sub(taken);
         if !before.is_empty() {
@@ -305,6 +305,7 @@ impl One {
             self.source.give_back(0, Bytes::new());
             return Err(error);
         }
+        self.source.relay.count_relayed(before.len() as u64, false);
         match splice_all(self.read.as_ref().as_ref(), to, self.remaining).await {
             Ok(()) => {
                 tracing::debug!(bytes = written + self.remaining, "upload spliced");

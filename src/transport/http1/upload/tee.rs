@@ -338,6 +338,9 @@ impl Run<'_> {
                 Err(error) => self.fail(i, error),
             }
         }
+        if !self.outs.is_empty() {
+            self.source.relay.count_relayed(before.len() as u64, false);
+        }
         self.tee_all(read.as_ref().as_ref(), remaining).await
     }
 
