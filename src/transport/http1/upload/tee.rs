@@ -13,9 +13,10 @@
 //! leaves before all asked spoils the group: the core then carries every
 //! byte, as it does for receivers of other transports.
 //!
-//! The pipes move in rounds: the sender's bytes go in only when every
-//! pipe is empty, so a copy always fits, and the slowest receiver sets the
-//! pace as it does in the core. A receiver that fails is dropped from the
+//! The pipes move in rounds: the sender's bytes are read into a staging
+//! pipe, and go on into the receivers' pipes only when every one of them
+//! is empty, so a copy always fits (reading goes on while they drain);
+//! the slowest receiver sets the pace as it does in the core. A receiver that fails is dropped from the
 //! group and the others go on; if all fail, the socket goes back to the
 //! body, and the core sees every receiver gone.
 
@@ -352,46 +353,71 @@ impl Run<'_> {
     /// Moves `length` bytes from `from` to every receiver.
     async fn tee_all(&mut self, from: &TcpStream, length: u64) -> Ended {
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        // The sender's next bytes wait here while the receivers' pipes
+        // drain, so reading goes on meanwhile.
+        let stage = match Pipe::new() {
+            Ok(stage) => stage,
+            Err(error) => {
+                let kind = error.kind();
+                while !self.outs.is_empty() {
+                    self.fail(0, io::Error::new(kind, "no pipe for the upload"));
+                }
+                return Ended::NoReceivers;
+            }
+        };
+        let mut staged: usize = 0;
         let mut rounds: u32 = 0;
         loop {
             if self.outs.is_empty() {
                 return Ended::NoReceivers;
             }
             let empty = self.outs.iter().all(|out| out.in_pipe == 0);
-            if empty && self.taken == length {
+            if empty && staged == 0 && self.taken == length {
                 return Ended::Whole;
             }
+            // The smallest pipe takes the staged bytes: each other, empty
+            // and at least as large, then takes a copy whole.
+            let (source, capacity) = self
+                .outs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, out)| Some((i, out.pipe.as_ref()?.capacity)))
+                .min_by_key(|&(_, capacity)| capacity)
+                .unwrap_or((0, 0));
             let mut moved = false;
-            if empty {
-                // The smallest pipe takes from the socket: each other,
-                // empty and at least as large, then takes a copy whole.
-                let (source, capacity) = self
-                    .outs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, out)| Some((i, out.pipe.as_ref()?.capacity)))
-                    .min_by_key(|&(_, capacity)| capacity)
-                    .unwrap_or((0, 0));
+            let reading = staged == 0 && self.taken < length;
+            if reading {
                 let want = usize::try_from(length - self.taken)
                     .unwrap_or(usize::MAX)
-                    .min(capacity);
-                let Some(pipe) = self.outs[source].pipe.as_ref() else {
-                    return Ended::NoReceivers;
-                };
+                    .min(capacity)
+                    .min(stage.capacity);
                 match from.try_io(Interest::READABLE, || {
-                    rustix::pipe::splice(from, None, &pipe.write, None, want, flags)
+                    rustix::pipe::splice(from, None, &stage.write, None, want, flags)
                         .map_err(io::Error::from)
                 }) {
                     Ok(0) => return Ended::SenderCut,
                     Ok(n) => {
                         self.taken += n as u64;
-                        self.written += n as u64;
-                        self.copy(source, n);
+                        staged = n;
                         moved = true;
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Ended::SenderCut,
                 }
+            }
+            if staged > 0 && empty {
+                let Some(pipe) = self.outs[source].pipe.as_ref() else {
+                    return Ended::NoReceivers;
+                };
+                match rustix::pipe::splice(&stage.read, None, &pipe.write, None, staged, flags) {
+                    Ok(n) => {
+                        staged -= n;
+                        self.written += n as u64;
+                        self.copy(source, n);
+                    }
+                    Err(error) => self.fail(source, error.into()),
+                }
+                moved = true;
             }
             let mut i = 0;
             while i < self.outs.len() {
@@ -431,11 +457,11 @@ impl Run<'_> {
                 }
                 continue;
             }
-            // Nothing could move: wait for the sender (when every pipe is
-            // empty) or for a receiver with bytes in its pipe.
+            // Nothing could move: wait for the sender (when nothing is
+            // staged) or for a receiver with bytes in its pipe.
             let outs = &self.outs;
             poll_fn(|cx| {
-                if empty && from.poll_read_ready(cx).is_ready() {
+                if reading && from.poll_read_ready(cx).is_ready() {
                     return Poll::Ready(());
                 }
                 for out in outs.iter().filter(|out| out.in_pipe > 0) {
