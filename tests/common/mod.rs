@@ -138,11 +138,7 @@ impl Server {
     /// Starts the server with a relay configured as given.
     pub async fn start_with(config: RelayConfig) -> Server {
         watch_panics();
-        // RUST_LOG=tubes=debug shows the server's logs in a failing test.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        show_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -700,6 +696,14 @@ pub fn header<'a, B>(response: &'a Response<B>, name: &str) -> Option<&'a str> {
         .headers()
         .get(name)
         .map(|v| v.to_str().expect("ascii header"))
+}
+
+/// RUST_LOG=tubes=debug shows the server's logs in a failing test.
+pub fn show_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// A path no other test uses.
