@@ -15,7 +15,7 @@
 // Prints `ok` on success. Run by tests/browser_app.rs.
 
 import { baseUrl, launch, log, main, randomPath } from './browser-common.mjs';
-import { FOREGROUND_ARGS, failOnError, openApp, receiveInApp, run, screenshots, sendFromApp, shownCode, waitForText } from './app-common.mjs';
+import { FOREGROUND_ARGS, failOnError, openApp, poll, receiveInApp, run, screenshots, sendFromApp, shownCode, waitForText } from './app-common.mjs';
 
 const TEXT = 'hello from page A\nsecond line: ünïcødé ✓ ελληνικά\n<b>not bold</b>\n';
 const STEP_MS = 20_000;
@@ -121,8 +121,15 @@ await main(100_000, async () => {
     }
     if (reached !== 'nav-chat') throw new Error('Tab does not reach the Chat link');
     await b.page.keyboard.press('Enter');
-    const visible = await b.page.evaluate(() => !document.querySelector('#screen-chat').hidden && document.querySelector('#screen-receive').hidden);
-    if (!visible) throw new Error('Enter on the Chat link does not open the chat');
+    // The app routes on `hashchange`, which fires after the key press
+    // returns: wait for the chat screen rather than look at once.
+    await poll(
+      b.page,
+      () => !document.querySelector('#screen-chat').hidden && document.querySelector('#screen-receive').hidden,
+      null,
+      STEP_MS,
+      'Enter on the Chat link opens the chat',
+    );
     const outline = await b.page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
     if (outline === 'none') throw new Error('the focused link shows no outline');
     log('every control is labelled; the keyboard reaches and opens a screen, with a visible focus');
