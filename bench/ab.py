@@ -7,11 +7,13 @@ and the medians.
 
     python3 bench/ab.py target-old/release/tubes target/release/tubes
     python3 bench/ab.py --n 1 --batches 5 OLD NEW
+    python3 bench/ab.py --b-args="--loopback-congestion system" T T   # one build, two settings
 """
 
 import argparse
 import os
 import random
+import shlex
 import socket
 import statistics
 import subprocess
@@ -66,6 +68,8 @@ def main():
     ap.add_argument("--gib", type=float, default=1.0, help="file size in GiB (default 1)")
     ap.add_argument("--batches", type=int, default=3, help="batches per binary (default 3)")
     ap.add_argument("--reps", type=int, default=3, help="transfers per batch (default 3)")
+    ap.add_argument("--a-args", default="", help="more `tubes serve` flags for A (one string)")
+    ap.add_argument("--b-args", default="", help="more `tubes serve` flags for B (one string)")
     args = ap.parse_args()
 
     size = int(args.gib * (1 << 30))
@@ -78,13 +82,14 @@ def main():
             for _ in range(size >> 20):
                 f.write(chunk)
             f.write(chunk[: size & ((1 << 20) - 1)])
-        for label, binary in (("A", args.a), ("B", args.b)):
+        for label, binary, extra in (("A", args.a, args.a_args), ("B", args.b, args.b_args)):
             port = free_port()
-            proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--http-port", str(port)],
+            proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--http-port", str(port),
+                                     *shlex.split(extra)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             servers.append((label, port, proc))
             wait_port(port)
-            print(f"{label}: {binary}")
+            print(f"{label}: {binary} {extra}".rstrip())
         per = {label: [] for label, _, _ in servers}
         for batch in range(args.batches):
             for label, port, proc in servers:

@@ -13,7 +13,7 @@ use tubes::client::tunnel;
 use tubes::client::ClientError;
 use tubes::node;
 use tubes::policy::auth;
-use tubes::settings::{LogFormat, Settings};
+use tubes::settings::{LogFormat, LoopbackCongestion, Settings};
 
 /// jemalloc: about half the memory per waiting connection of glibc's
 /// malloc (page-aligned buffers leave untouched pages out of RSS), and it
@@ -277,6 +277,10 @@ struct ServeArgs {
     /// needs a wildcard DNS record (and certificate) for *.DOMAIN
     #[arg(long, env = "TUBES_EXPOSE_DOMAIN", value_name = "DOMAIN")]
     expose_domain: Option<String>,
+    /// TCP congestion control for connections from this host (loopback),
+    /// or `system` to keep the system's [default: cubic]
+    #[arg(long, env = "TUBES_LOOPBACK_CONGESTION", value_name = "ALGORITHM")]
+    loopback_congestion: Option<LoopbackCongestion>,
 }
 
 impl ServeArgs {
@@ -318,6 +322,9 @@ impl ServeArgs {
         }
         if self.expose_domain.is_some() {
             settings.expose.domain.clone_from(&self.expose_domain);
+        }
+        if let Some(congestion) = &self.loopback_congestion {
+            settings.loopback_congestion = congestion.clone();
         }
         Ok(settings)
     }

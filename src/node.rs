@@ -44,6 +44,7 @@ pub async fn run(
         max_header_bytes: settings.limits.max_header_bytes,
         grace: settings.shutdown.grace,
         gate: Arc::clone(&gate),
+        loopback_congestion: settings.loopback_congestion.algorithm().map(Into::into),
         ..ServeConfig::default()
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);

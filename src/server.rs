@@ -39,6 +39,9 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Auth, limits and metrics shared with the other listeners.
     pub gate: Arc<Gate>,
+    /// TCP congestion control set on connections from loopback addresses
+    /// (see [`crate::settings::LoopbackCongestion`]); `None`: the system's.
+    pub loopback_congestion: Option<Arc<str>>,
 }
 
 impl Default for ServeConfig {
@@ -50,6 +53,7 @@ impl Default for ServeConfig {
             max_header_bytes: None,
             grace: Duration::ZERO,
             gate: Arc::default(),
+            loopback_congestion: Some("cubic".into()),
         }
     }
 }
@@ -125,6 +129,58 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpLi
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// Sets a TCP congestion control algorithm on connections from this
+/// host. A listener bound to a loopback address gets it once (its
+/// connections inherit it from the start); on any other listener each
+/// connection from a loopback address gets it when accepted. If the
+/// kernel refuses the name, one warning, and the system's default stays.
+struct LoopbackCongestion {
+    algorithm: Option<Arc<str>>,
+    /// The listener has it: accepted connections need nothing.
+    inherited: bool,
+}
+
+impl LoopbackCongestion {
+    fn new(listener: &TcpListener, algorithm: Option<Arc<str>>) -> Self {
+        let mut this = LoopbackCongestion {
+            algorithm,
+            inherited: false,
+        };
+        let on_loopback = listener
+            .local_addr()
+            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+        if on_loopback {
+            this.inherited = this.set(socket2::SockRef::from(listener));
+        }
+        this
+    }
+
+    fn accepted(&mut self, stream: &TcpStream, peer: IpAddr) {
+        if !self.inherited && peer.to_canonical().is_loopback() {
+            self.set(socket2::SockRef::from(stream));
+        }
+    }
+
+    /// Sets the algorithm on `socket`; true if it was set.
+    fn set(&mut self, socket: socket2::SockRef<'_>) -> bool {
+        let Some(algorithm) = &self.algorithm else {
+            return false;
+        };
+        match socket.set_tcp_congestion(algorithm.as_bytes()) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    %algorithm,
+                    "cannot set the loopback congestion control; keeping the system's"
+                );
+                self.algorithm = None;
+                false
+            }
+        }
+    }
 }
 
 /// Bytes read from a TLS socket at a time.
@@ -311,6 +367,7 @@ async fn accept_loop(
     // Shared, not cloned per connection: each waiting connection's task
     // stays small.
     let builders = Arc::new(Builders::new(config));
+    let mut congestion = LoopbackCongestion::new(&listener, config.loopback_congestion.clone());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -342,6 +399,7 @@ async fn accept_loop(
         // Small writes (a log line, one typed byte) go out at once, and
         // HTTP/2 window updates are not held back by Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        congestion.accepted(&stream, peer.ip());
         let handler = handler.for_peer(peer.ip(), slot);
         let builders = Arc::clone(&builders);
         let span = tracing::debug_span!("conn", %peer);
@@ -410,6 +468,79 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The congestion control of the server's end of a new connection to
+    /// `listener`, once `congestion` has seen it.
+    async fn accepted_congestion(
+        listener: &TcpListener,
+        congestion: &mut LoopbackCongestion,
+    ) -> String {
+        let port = listener.local_addr().expect("addr").port();
+        let _client = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        congestion.accepted(&stream, peer.ip());
+        let name = socket2::SockRef::from(&stream)
+            .tcp_congestion()
+            .expect("TCP_CONGESTION");
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    fn system_congestion() -> String {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .expect("the system's congestion control")
+            .trim()
+            .to_string()
+    }
+
+    // `reno` is always built into Linux and never the default, so these
+    // see the setting, not the system's choice.
+
+    #[tokio::test]
+    async fn a_loopback_listener_hands_its_congestion_control_down() {
+        let listener = bind(Some(IpAddr::from([127, 0, 0, 1])), 0).expect("bind");
+        let mut congestion = LoopbackCongestion::new(&listener, Some("reno".into()));
+        assert!(congestion.inherited);
+        assert_eq!(
+            accepted_congestion(&listener, &mut congestion).await,
+            "reno"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_listener_sets_it_on_loopback_peers() {
+        let listener = bind(None, 0).expect("bind");
+        let mut congestion = LoopbackCongestion::new(&listener, Some("reno".into()));
+        assert!(!congestion.inherited);
+        assert_eq!(
+            accepted_congestion(&listener, &mut congestion).await,
+            "reno"
+        );
+    }
+
+    #[tokio::test]
+    async fn system_keeps_the_systems_choice() {
+        let listener = bind(Some(IpAddr::from([127, 0, 0, 1])), 0).expect("bind");
+        let mut congestion = LoopbackCongestion::new(&listener, None);
+        assert_eq!(
+            accepted_congestion(&listener, &mut congestion).await,
+            system_congestion()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_algorithm_is_given_up_and_connections_go_on() {
+        let listener = bind(Some(IpAddr::from([127, 0, 0, 1])), 0).expect("bind");
+        let mut congestion = LoopbackCongestion::new(&listener, Some("no_such_cc".into()));
+        assert!(congestion.algorithm.is_none() && !congestion.inherited);
+        assert_eq!(
+            accepted_congestion(&listener, &mut congestion).await,
+            system_congestion()
+        );
+    }
 
     /// A waiting connection's task is allocated at its full size; keep it
     /// (as spawned: with its connection slot and its span) within

@@ -31,6 +31,60 @@ pub struct Settings {
     /// Present (even empty): auth is on. Absent: the Piping protocol as is.
     pub auth: Option<AuthSettings>,
     pub expose: Expose,
+    /// TCP congestion control of connections from this host itself.
+    pub loopback_congestion: LoopbackCongestion,
+}
+
+/// The TCP congestion control algorithm for connections whose peer is on
+/// this host (a reverse proxy, a local client): a kernel algorithm's name
+/// (default `cubic`), or `system` to leave the system's default alone.
+///
+/// Why: BBR, a common system default, paces every packet with a timer
+/// when the queueing discipline does not (loopback has none). On loopback
+/// there is no link to pace for, and those timers cost a relay about half
+/// its CPU per byte (`docs/operate.md`, "Loopback congestion control").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LoopbackCongestion(Option<String>);
+
+impl LoopbackCongestion {
+    /// The algorithm to set, or `None` for the system's.
+    pub fn algorithm(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl Default for LoopbackCongestion {
+    fn default() -> Self {
+        LoopbackCongestion(Some("cubic".into()))
+    }
+}
+
+impl std::str::FromStr for LoopbackCongestion {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        if name == "system" {
+            return Ok(LoopbackCongestion(None));
+        }
+        // The kernel's names are short and plain (TCP_CA_NAME_MAX is 16
+        // with the NUL).
+        let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        if name.is_empty() || name.len() > 15 || !name.chars().all(plain) {
+            return Err(format!(
+                "`{name}` is not a congestion control name (e.g. cubic, reno, or system)"
+            ));
+        }
+        Ok(LoopbackCongestion(Some(name.into())))
+    }
+}
+
+impl TryFrom<String> for LoopbackCongestion {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
+    }
 }
 
 /// Hosts reached by name (`tubes expose`); unset keys keep the defaults
@@ -66,6 +120,7 @@ impl Default for Settings {
             shutdown: Shutdown::default(),
             auth: None,
             expose: Expose::default(),
+            loopback_congestion: LoopbackCongestion::default(),
         }
     }
 }
@@ -310,6 +365,21 @@ mod tests {
         assert!(s.https.http3);
         assert!(s.auth.is_none());
         assert_eq!(s.limits.wait_timeout, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn loopback_congestion_is_a_name_or_system() {
+        let s = Settings::parse("").expect("parse");
+        assert_eq!(s.loopback_congestion.algorithm(), Some("cubic"));
+        let s = Settings::parse("loopback_congestion = \"system\"").expect("parse");
+        assert_eq!(s.loopback_congestion.algorithm(), None);
+        let s = Settings::parse("loopback_congestion = \"reno\"").expect("parse");
+        assert_eq!(s.loopback_congestion.algorithm(), Some("reno"));
+        for bad in ["", "Cubic", "a/b", "sixteen_letters_"] {
+            let error =
+                Settings::parse(&format!("loopback_congestion = \"{bad}\"")).expect_err(bad);
+            assert!(error.contains("not a congestion control name"), "{error}");
+        }
     }
 
     #[test]

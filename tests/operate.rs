@@ -1440,6 +1440,11 @@ fn startup_errors_are_one_line() {
             vec!["signing_key"],
         ),
         (
+            "bad-congestion",
+            "loopback_congestion = \"Fast!\"\n",
+            vec!["bad-congestion.toml", "loopback_congestion", "Fast!"],
+        ),
+        (
             "no-jwks",
             "[auth]\n[auth.jwt]\njwks_file = \"missing-jwks.json\"\n",
             vec!["missing-jwks.json"],
@@ -1484,6 +1489,32 @@ fn startup_errors_are_one_line() {
             );
         }
     }
+}
+
+/// A congestion control the kernel does not have is one warning at
+/// start-up; the server keeps the system's and relays as usual.
+#[test]
+fn an_unknown_loopback_congestion_control_is_one_warning() {
+    let server = Server::start_with("congestion", "", &["--loopback-congestion", "no_such_cc"]);
+    for round in 0..2 {
+        let data = bytes(5000, round);
+        let url = format!("{}/cc{round}", server.url);
+        let (sender, receiver) = transfer(&server.dir, &url, &[], &url, &[], &data);
+        assert_transferred(
+            &sender,
+            &receiver,
+            &data,
+            "with the system's congestion control",
+        );
+    }
+    let log = server.log();
+    assert_eq!(
+        log.matches("cannot set the loopback congestion control")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("no_such_cc"), "{log}");
 }
 
 /// `--log-format json`: every line the server writes is a JSON object.
