@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -38,6 +38,9 @@ pub(super) struct SenderTask {
     pub read_ahead: usize,
     /// 0: no limit.
     pub max_bytes: u64,
+    /// Set once the transfer has started and the whole upload has been
+    /// read: from then on it can finish without its sender.
+    pub uploaded: Arc<AtomicBool>,
 }
 
 /// What the task holds towards one receiver.
@@ -57,6 +60,7 @@ pub(super) async fn run_sender(task: SenderTask) {
         queue_chunks,
         read_ahead,
         max_bytes,
+        uploaded,
     } = task;
     let say = |line| {
         // The sender may have stopped reading its log; the transfer goes on.
@@ -163,6 +167,14 @@ pub(super) async fn run_sender(task: SenderTask) {
                     continue;
                 }
                 sent += len as u64;
+                // Every byte is in (the length is reached, or the end was
+                // read while gathering): the sender is no longer needed.
+                if head.content_length == Some(sent)
+                    || (body_ended && early.is_empty())
+                    || matches!(held, Some(None))
+                {
+                    uploaded.store(true, Ordering::Relaxed);
+                }
                 totals.bytes.fetch_add(len as u64, Ordering::Relaxed);
                 if max_bytes > 0 && sent > max_bytes {
                     say(Log::TooLarge(max_bytes));
@@ -199,7 +211,10 @@ pub(super) async fn run_sender(task: SenderTask) {
                     return;
                 }
             }
-            None => break,
+            None => {
+                uploaded.store(true, Ordering::Relaxed);
+                break;
+            }
             Some(Err(error)) => {
                 say(Log::SendFailed);
                 tracing::debug!(path = %guard.path, sent, %error, "sender cut short");

@@ -29,7 +29,7 @@ pub mod room;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -360,6 +360,7 @@ impl Relay {
             take_if_ready(&mut paths, path)
         };
         self.shared.changed.notify_waiters();
+        let uploaded = Arc::new(AtomicBool::new(false));
         let transfer = fanout::run_sender(fanout::SenderTask {
             guard: PeerGuard::new(&self.shared, path, id, true),
             n,
@@ -370,12 +371,14 @@ impl Relay {
             queue_chunks: self.shared.config.queue_chunks,
             read_ahead: self.shared.config.read_ahead,
             max_bytes: self.shared.limits.max_transfer_bytes(),
+            uploaded: Arc::clone(&uploaded),
         });
         if let Some(start) = ready {
             start.go();
         }
         Ok(SenderLog {
             transfer: Some(Box::pin(transfer)),
+            uploaded,
             log: log_rx,
             _guard: PeerGuard::new(&self.shared, path, id, false),
         })
@@ -700,12 +703,29 @@ impl Drop for PeerGuard {
 /// the rendezvous and the copy to the receivers, so the transfer runs on
 /// the sender's own connection with no task of its own (one hand-over
 /// between threads less per chunk). The log ends when the transfer is
-/// over. Dropping it ends the transfer: a waiting sender is unregistered,
-/// a running transfer aborts every receiver.
+/// over. Dropping it (the sender left) ends the transfer: a waiting sender
+/// is unregistered, a running transfer aborts every receiver, unless the
+/// whole upload is in already: then the transfer finishes on a task of its
+/// own, and the receivers get every byte and a clean end.
 pub struct SenderLog {
     transfer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Set by the transfer once it has started and read the whole upload.
+    uploaded: Arc<AtomicBool>,
     log: mpsc::UnboundedReceiver<Log>,
     _guard: PeerGuard,
+}
+
+impl Drop for SenderLog {
+    fn drop(&mut self) {
+        if !self.uploaded.load(Ordering::Relaxed) {
+            return;
+        }
+        if let (Some(transfer), Ok(runtime)) =
+            (self.transfer.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(transfer);
+        }
+    }
 }
 
 impl Stream for SenderLog {

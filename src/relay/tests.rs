@@ -159,6 +159,96 @@ async fn a_cut_sender_aborts_every_receiver() {
     settle(&relay, |s| *s == Stats::default()).await;
 }
 
+/// A sender whose connection closes once its whole upload is in (it did
+/// not wait for its log) leaves a slow receiver with every byte and a
+/// clean end; one that leaves before that cuts it.
+#[tokio::test]
+async fn a_sender_that_leaves_after_its_whole_upload_still_delivers_it() {
+    for (declared, leaves_early) in [(true, false), (false, false), (true, true)] {
+        let case = format!("declared length {declared}, leaves early {leaves_early}");
+        let relay = Relay::new(RelayConfig {
+            queue_chunks: 1,
+            read_ahead: 0,
+            ..RelayConfig::default()
+        });
+        let (tx, b) = body();
+        let head = Head {
+            content_length: declared.then_some(10_000),
+            ..head()
+        };
+        // The sender's connection: it forwards its log, until it leaves.
+        let mut log = relay.send("/p", 1, head, b).expect("sender");
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let connection = tokio::spawn(async move {
+            while let Some(line) = log.next().await {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let delivery = relay
+            .receive("/p", 1)
+            .expect("r")
+            .ready()
+            .await
+            .expect("start");
+        let chunks = if leaves_early { 5 } else { 10 };
+        let feed = tokio::spawn(async move {
+            for i in 0..chunks {
+                tx.send(Ok(Bytes::from(vec![i as u8; 1000])))
+                    .await
+                    .expect("feed");
+            }
+            // Early: the sender stays connected, its upload unfinished.
+            leaves_early.then_some(tx)
+        });
+        // The receiver reads slowly, until the relay has the whole upload
+        // (or, early, half of it); then the sender's connection closes.
+        let mut body = std::pin::pin!(delivery.body);
+        let mut got = Vec::new();
+        let mut sent_line = false;
+        for _ in 0..20 {
+            while let Ok(line) = lines.try_recv() {
+                sent_line |= line == Log::Sent;
+            }
+            let read = relay.totals().bytes;
+            let whole = if declared { read == 10_000 } else { sent_line };
+            if whole || (leaves_early && read == 5_000) {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), body.next()).await {
+                Ok(Some(Ok(chunk))) => got.extend_from_slice(&chunk),
+                other => panic!("{case}: {other:?} before the upload was in"),
+            }
+        }
+        connection.abort();
+        let _ = connection.await;
+        let rest = collect_pinned(body.as_mut()).await;
+        let _still_connected = feed.await.expect("feed");
+        if leaves_early {
+            assert_eq!(rest, Err(Aborted), "{case}");
+        } else {
+            got.extend_from_slice(&rest.unwrap_or_else(|e| panic!("{case}: {e:?}")));
+            assert_eq!(got.len(), 10_000, "{case}");
+            assert!(
+                got.chunks(1000)
+                    .enumerate()
+                    .all(|(i, c)| c.iter().all(|&b| b == i as u8)),
+                "{case}"
+            );
+        }
+        settle(&relay, |s| *s == Stats::default()).await;
+    }
+}
+
+async fn collect_pinned(
+    mut stream: std::pin::Pin<&mut ReceiverStream>,
+) -> Result<Vec<u8>, Aborted> {
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        out.extend_from_slice(&item?);
+    }
+    Ok(out)
+}
+
 #[tokio::test]
 async fn a_slow_receiver_holds_the_sender_back_with_bounded_memory() {
     let relay = Relay::new(RelayConfig {
