@@ -2092,6 +2092,8 @@ def cmd_report(a):
     t = med("tubes", "h1", "server_cpu", "size")
     row("2 server CPU s/GiB relayed", t, med("socat", "h1", "server_cpu", "size"),
         med("npm", "h1", "server_cpu", "size"), "<= 0.35", verdict(t <= 0.35) if num(t) else None)
+    row("  same, --loopback-congestion system", med("tubes", "h1-sys", "server_cpu", "size"),
+        med("socat", "h1", "server_cpu", "size"), med("npm", "h1", "server_cpu", "size"), "info")
     # 3. waiters
     fig(3)
     wt, wn = one("waiters", "tubes"), one("waiters", "npm")
@@ -2145,6 +2147,8 @@ def cmd_report(a):
     t, n = med("tubes", "n3", "server_cpu", "delivered"), med("npm", "n3", "server_cpu", "delivered")
     row("  n=3 server CPU s/GiB delivered", t, None, n, "<= npm/4",
         verdict(t <= n / 4) if num(t) and num(n) else None)
+    row("  same, --loopback-congestion system", med("tubes", "n3-sys", "server_cpu", "delivered"), None, n,
+        "info")
     # 7. h2c
     fig(7)
     t2, n2 = med("tubes", "h2c", "mbps"), med("npm", "h2c", "mbps")

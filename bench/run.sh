@@ -209,6 +209,17 @@ fi
 if want 1 2 4 5 6 7; then
     start_server npm; NPORT=$PORT NPID=$PID
 fi
+# Figures 2 and 6 again on a Tubes that keeps the system's congestion
+# control on loopback (see docs/operate.md): what the default saves.
+if want 2 6; then
+    start_server tubes --loopback-congestion system; SPORT=$PORT SPID=$PID
+fi
+stream_sys() { # MODE [extra args]
+    local mode=$1
+    shift
+    measure stream --out "$RESULTS" --server tubes --mode "$mode" --file "$FILE" \
+        --max-time "$BENCH_MAX_TIME" --port "$SPORT" --pid "$SPID" "$@"
+}
 
 stream() { # KIND MODE [extra args]
     local kind=$1 mode=$2
@@ -229,6 +240,7 @@ want 1 2 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes h1
     measure socat --out "$RESULTS" --file "$FILE" --buf "$BENCH_SOCAT_BUF" --max-time "$BENCH_MAX_TIME"
     stream npm h1
+    want 2 && stream_sys h1-sys
 done
 want 1 && log "1b. the same without curl's Expect: 100-continue"
 want 1 && for rep in $(seq "$BENCH_REPS"); do
@@ -241,6 +253,7 @@ want 6 && log "6. n=3 fan-out, $BENCH_REPS reps"
 want 6 && for rep in $(seq "$BENCH_REPS"); do
     stream tubes n3 --n 3
     stream npm n3 --n 3
+    stream_sys n3-sys --n 3
 done
 
 # 7. h2c upload (h1 upload is figure 1, same run)
