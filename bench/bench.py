@@ -1179,10 +1179,18 @@ def cmd_wsrtt(a):
                             b_put.s.sendall(put.format(ba, len(got)).encode() + got)
                             st2, _, back = a_get.response(deadline)
                             t1 = time.perf_counter()
-                            # The senders' responses (their logs), untimed.
-                            for c in (a_put, b_put):
-                                if c.response(deadline)[0] != 200:
+                            # The senders' responses (their logs), untimed. A
+                            # response that says `Connection: close` (Tubes
+                            # closes a connection whose first request was an
+                            # upload) ends its connection: open a new one.
+                            for at in (0, 2):
+                                st_put, h_put, _ = conns[at].response(deadline)
+                                if st_put != 200:
                                     raise RuntimeError("a sender was refused")
+                                if h_put.get("connection", "").lower() == "close":
+                                    conns[at].close()
+                                    conns[at] = _Sock(a.port)
+                            a_put, a_get, b_put, b_get = conns
                             if (st, st2) != (200, 200):
                                 raise RuntimeError(f"receivers got {st}, {st2}")
                         else:

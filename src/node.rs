@@ -30,6 +30,7 @@ pub async fn run(
     reload_from: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let policy = Policy::from_settings(&settings).map_err(|e| match &reload_from {
         Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
         None => anyhow::Error::msg(e),
@@ -293,5 +294,30 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as servers do:
+/// the soft default is often 1,024). Each connection takes a descriptor,
+/// and a spliced transfer two more for its pipe; at most a quarter of the
+/// limit goes to pipes (see `transport::http1::upload`).
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    /// Where the hard limit is "unlimited": the kernel's usual `nr_open`.
+    const UNLIMITED: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum.unwrap_or(UNLIMITED);
+    if limit.current.is_some_and(|current| current >= want) {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = want, "open files limit raised"),
+        Err(error) => {
+            tracing::warn!(%error, current = ?limit.current, "cannot raise the open files limit")
+        }
     }
 }

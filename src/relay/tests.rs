@@ -26,8 +26,14 @@ fn head() -> Head {
 }
 
 async fn collect(stream: ReceiverStream) -> Result<Vec<u8>, Aborted> {
+    collect_pinned(std::pin::pin!(stream)).await
+}
+
+/// The rest of a stream already read from.
+async fn collect_pinned(
+    mut stream: std::pin::Pin<&mut ReceiverStream>,
+) -> Result<Vec<u8>, Aborted> {
     let mut out = Vec::new();
-    let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         out.extend_from_slice(&item?);
     }
@@ -237,16 +243,6 @@ async fn a_sender_that_leaves_after_its_whole_upload_still_delivers_it() {
         }
         settle(&relay, |s| *s == Stats::default()).await;
     }
-}
-
-async fn collect_pinned(
-    mut stream: std::pin::Pin<&mut ReceiverStream>,
-) -> Result<Vec<u8>, Aborted> {
-    let mut out = Vec::new();
-    while let Some(item) = stream.next().await {
-        out.extend_from_slice(&item?);
-    }
-    Ok(out)
 }
 
 #[tokio::test]

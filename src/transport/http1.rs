@@ -393,7 +393,7 @@ async fn write_response<C: Connection>(
     let mut splice = parts
         .extensions
         .get::<crate::relay::Offer>()
-        .and_then(upload::claim);
+        .and_then(|offer| upload::claim(offer, stream.tcp()));
     let http10 = parts.version == Version::HTTP_10;
     let mut keep_alive = keep_alive && !http10 && !asks_close(&parts.headers);
     let declared = parts

@@ -20,7 +20,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
@@ -230,18 +231,27 @@ pub(super) enum Claim {
 
 /// Claims the socket an upload offers, if it is still there to take (for
 /// one of a fan-out's receivers: asks for it, see [`tee`]).
-pub(super) fn claim(offer: &Offer) -> Option<Claim> {
+pub(super) fn claim(offer: &Offer, to: &TcpStream) -> Option<Claim> {
     let source = Arc::clone(&offer.0).downcast::<Source>().ok()?;
     if source.receivers > 1 {
-        return tee::ask(source).map(Claim::Member);
+        return tee::ask(source, to).map(Claim::Member);
     }
     let mut state = source.state();
     if state.claimed || state.ended.is_some() || state.remaining == 0 {
         return None;
     }
+    // Without a pipe the relay's queues carry the bytes.
+    let pipe = match Pipe::new() {
+        Ok(pipe) => pipe,
+        Err(error) => {
+            tracing::debug!(%error, "no pipe: the upload goes through the relay");
+            return None;
+        }
+    };
     state.claimed = true;
     let claim = One {
         source: Arc::clone(&source),
+        pipe,
         read: Arc::clone(&state.read),
         ran: false,
         after: state.yielded,
@@ -276,7 +286,7 @@ impl Claim {
     pub(super) async fn run(self, to: &TcpStream) -> io::Result<u64> {
         match self {
             Claim::One(one) => one.run(to).await,
-            Claim::Member(member) => member.run(to).await,
+            Claim::Member(member) => member.run().await,
         }
     }
 }
@@ -284,6 +294,7 @@ impl Claim {
 /// The claim of a transfer's only receiver.
 pub(super) struct One {
     source: Arc<Source>,
+    pipe: Pipe,
     read: Arc<OwnedReadHalf>,
     /// Whether it ran (else, dropped, it gives the socket back).
     ran: bool,
@@ -306,7 +317,7 @@ impl One {
             return Err(error);
         }
         self.source.relay.count_relayed(before.len() as u64, false);
-        match splice_all(self.read.as_ref().as_ref(), to, self.remaining).await {
+        match splice_all(&self.pipe, self.read.as_ref().as_ref(), to, self.remaining).await {
             Ok(()) => {
                 tracing::debug!(bytes = written + self.remaining, "upload spliced");
                 written += self.remaining;
@@ -359,9 +370,38 @@ struct Pipe {
     capacity: usize,
 }
 
+/// Pipes open at once (see [`Pipe::new`]).
+static PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many pipes may be open at once: an eighth of the process's file
+/// descriptors' limit (each pipe takes two, so a quarter of them), so
+/// that splicing never takes the descriptors that accepting connections
+/// needs. Read once, after `tubes serve` raised the limit.
+fn max_pipes() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        limit.map_or(usize::MAX, |n| usize::try_from(n / 8).unwrap_or(usize::MAX))
+    })
+}
+
 impl Pipe {
+    /// A new pipe; an error past [`max_pipes`] or when the system has no
+    /// descriptor left. Callers make one before they take the upload's
+    /// socket, and leave the bytes to the relay's queues if they cannot.
     fn new() -> io::Result<Pipe> {
-        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        if PIPES.fetch_add(1, Ordering::Relaxed) >= max_pipes() {
+            PIPES.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::other("as many pipes open as the limit allows"));
+        }
+        let pipe = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK);
+        let (read, write) = match pipe {
+            Ok(ends) => ends,
+            Err(error) => {
+                PIPES.fetch_sub(1, Ordering::Relaxed);
+                return Err(error.into());
+            }
+        };
         // Refused past the user's pipe quota: the default size then.
         let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
             .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
@@ -374,6 +414,12 @@ impl Pipe {
     }
 }
 
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Why splicing stopped early, and the bytes taken from the sender's
 /// socket by then.
 enum Cut {
@@ -383,12 +429,8 @@ enum Cut {
 
 /// Moves `length` bytes from `from` to `to` through a pipe, reading and
 /// writing as each side is ready (the pipe is the buffer between them).
-async fn splice_all(from: &TcpStream, to: &TcpStream, length: u64) -> Result<(), Cut> {
-    let Pipe {
-        read: pipe_out,
-        write: pipe_in,
-        capacity,
-    } = Pipe::new().map_err(|error| Cut::Receiver(0, error))?;
+async fn splice_all(pipe: &Pipe, from: &TcpStream, to: &TcpStream, length: u64) -> Result<(), Cut> {
+    let (pipe_out, pipe_in, capacity) = (&pipe.read, &pipe.write, pipe.capacity);
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     let mut taken: u64 = 0;
     let mut in_pipe: usize = 0;
@@ -401,7 +443,7 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, length: u64) -> Result<(),
                 .unwrap_or(usize::MAX)
                 .min(room);
             match from.try_io(Interest::READABLE, || {
-                rustix::pipe::splice(from, None, &pipe_in, None, want, flags)
+                rustix::pipe::splice(from, None, pipe_in, None, want, flags)
                     .map_err(io::Error::from)
             }) {
                 Ok(0) => return Err(Cut::Sender(taken)),
@@ -416,7 +458,7 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, length: u64) -> Result<(),
         }
         if in_pipe > 0 {
             match to.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(&pipe_out, None, to, None, in_pipe, flags)
+                rustix::pipe::splice(pipe_out, None, to, None, in_pipe, flags)
                     .map_err(io::Error::from)
             }) {
                 Ok(n) => {

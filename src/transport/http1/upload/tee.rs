@@ -57,6 +57,8 @@ struct Inner {
 
 struct Upload {
     read: Arc<OwnedReadHalf>,
+    /// Where the sender's next bytes wait for the receivers' pipes.
+    stage: Pipe,
     /// Bytes read with the head.
     before: Bytes,
     /// Bytes still in the socket.
@@ -92,32 +94,55 @@ impl Group {
 pub(in super::super) struct Member {
     source: Arc<Source>,
     id: usize,
+    /// Its socket's duplicate and its pipe, until it joins.
+    out: Option<Out>,
     /// Joined (or failed to): dropping it then changes nothing.
     settled: bool,
     /// The group had formed when [`Member::after`] last looked.
     seen_formed: bool,
 }
 
-/// Asks for the upload's socket for one of a fan-out's receivers; `None`
-/// if it cannot be had.
-pub(super) fn ask(source: Arc<Source>) -> Option<Member> {
+/// Asks for the upload's socket for one of a fan-out's receivers, whose
+/// socket is `to`; `None` if it cannot be had.
+///
+/// What the group will need (each receiver's pipe and a duplicate of its
+/// socket, the staging pipe) is made first: a receiver that cannot have
+/// it spoils the group, and the relay's queues carry the bytes to all.
+pub(super) fn ask(source: Arc<Source>, to: &TcpStream) -> Option<Member> {
+    let resources = Pipe::new().and_then(|pipe| Ok((pipe, duplicate(to)?)));
     let mut state = source.state();
     if state.claimed || state.ended.is_some() || state.remaining == 0 {
         return None;
     }
-    let asked = state.candidates.as_mut()?;
-    if *asked >= source.receivers {
+    let asked = state.candidates?;
+    if asked >= source.receivers {
         return None;
     }
-    let id = *asked;
-    *asked += 1;
-    let formed = *asked == source.receivers;
-    if formed {
+    let formed = asked + 1 == source.receivers;
+    let stage = if formed {
+        Pipe::new().map(Some)
+    } else {
+        Ok(None)
+    };
+    let (out, stage) = match resources.and_then(|out| Ok((out, stage?))) {
+        Ok(ready) => ready,
+        Err(error) => {
+            tracing::debug!(%error, "no pipe for a fan-out: the upload goes through the relay");
+            state.candidates = None;
+            drop(state);
+            source.formed.notify_waiters();
+            return None;
+        }
+    };
+    let id = asked;
+    state.candidates = Some(asked + 1);
+    if let Some(stage) = stage {
         // From here the body waits; each member first takes what it had
         // handed out.
         state.claimed = true;
         let upload = Upload {
             read: Arc::clone(&state.read),
+            stage,
             before: std::mem::take(&mut state.before),
             remaining: state.remaining,
         };
@@ -138,9 +163,16 @@ pub(super) fn ask(source: Arc<Source>) -> Option<Member> {
     if formed {
         source.formed.notify_waiters();
     }
+    let (pipe, stream) = out;
     Some(Member {
         source,
         id,
+        out: Some(Out {
+            id,
+            stream,
+            pipe: Some(pipe),
+            in_pipe: 0,
+        }),
         settled: false,
         seen_formed: false,
     })
@@ -189,25 +221,19 @@ impl Member {
         }
     }
 
-    /// Joins the group with `to`, and waits for the transfer's end (or
-    /// drives it). Returns the bytes written to `to`.
-    pub(in super::super) async fn run(mut self, to: &TcpStream) -> io::Result<u64> {
+    /// Joins the group (with the duplicate of its socket made when it
+    /// asked), and waits for the transfer's end (or drives it). Returns
+    /// the bytes written to the receiver.
+    pub(in super::super) async fn run(mut self) -> io::Result<u64> {
         let Some(group) = self.group() else {
             return Err(io::Error::other("the receivers' group has not formed"));
         };
         self.settled = true;
-        match duplicate(to) {
-            Ok(stream) => {
-                group.inner().joined.push(Out {
-                    id: self.id,
-                    stream,
-                    pipe: None,
-                    in_pipe: 0,
-                });
-            }
-            Err(error) => {
+        match self.out.take() {
+            Some(out) => group.inner().joined.push(out),
+            None => {
                 group.leave(&self.source);
-                return Err(error);
+                return Err(io::Error::other("a fan-out receiver joined twice"));
             }
         }
         loop {
@@ -322,27 +348,22 @@ impl Run<'_> {
     async fn transfer(&mut self, upload: Upload) -> Ended {
         let Upload {
             read,
+            stage,
             before,
             remaining,
         } = upload;
         let mut i = 0;
         while i < self.outs.len() {
-            let out = &mut self.outs[i];
-            match write_all(&out.stream, &before)
-                .await
-                .and_then(|()| Pipe::new())
-            {
-                Ok(pipe) => {
-                    out.pipe = Some(pipe);
-                    i += 1;
-                }
+            match write_all(&self.outs[i].stream, &before).await {
+                Ok(()) => i += 1,
                 Err(error) => self.fail(i, error),
             }
         }
         if !self.outs.is_empty() {
             self.source.relay.count_relayed(before.len() as u64, false);
         }
-        self.tee_all(read.as_ref().as_ref(), remaining).await
+        self.tee_all(read.as_ref().as_ref(), &stage, remaining)
+            .await
     }
 
     fn fail(&mut self, i: usize, error: io::Error) {
@@ -351,20 +372,10 @@ impl Run<'_> {
     }
 
     /// Moves `length` bytes from `from` to every receiver.
-    async fn tee_all(&mut self, from: &TcpStream, length: u64) -> Ended {
+    /// The sender's next bytes wait in `stage` while the receivers' pipes
+    /// drain, so reading goes on meanwhile.
+    async fn tee_all(&mut self, from: &TcpStream, stage: &Pipe, length: u64) -> Ended {
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-        // The sender's next bytes wait here while the receivers' pipes
-        // drain, so reading goes on meanwhile.
-        let stage = match Pipe::new() {
-            Ok(stage) => stage,
-            Err(error) => {
-                let kind = error.kind();
-                while !self.outs.is_empty() {
-                    self.fail(0, io::Error::new(kind, "no pipe for the upload"));
-                }
-                return Ended::NoReceivers;
-            }
-        };
         let mut staged: usize = 0;
         let mut rounds: u32 = 0;
         loop {

@@ -1,0 +1,142 @@
+//! Spliced transfers take a pipe (two descriptors) each, at most a quarter
+//! of the process's open-files limit; past it, transfers go through the
+//! relay's queues, whole, and the server keeps accepting. A test binary of
+//! its own: it lowers its process's limit before the server makes its
+//! first pipe (the budget is read once).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Transfers at once: more than the pipes the lowered limit allows.
+const TRANSFERS: usize = 60;
+/// The lowered soft limit: 400 descriptors, so 50 pipes. The test's own
+/// connections (two per transfer), the server's (two more) and the 50
+/// pipes (two each) need 340.
+const OPEN_FILES: u64 = 400;
+
+/// A receiver: its GET, then (told once the head is in) its body, whole.
+async fn receive(addr: std::net::SocketAddr, path: String, head_in: Arc<AtomicUsize>) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let get = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(get.as_bytes()).await.expect("GET");
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut counted = false;
+    loop {
+        let n = stream.read(&mut chunk).await.expect("read");
+        buf.extend_from_slice(&chunk[..n]);
+        if !counted && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            counted = true;
+            head_in.fetch_add(1, Ordering::SeqCst);
+        }
+        if n == 0 {
+            return buf;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_past_the_pipe_budget_go_through_the_relay_whole() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(OPEN_FILES),
+            maximum: limit.maximum,
+        },
+    )
+    .expect("lower the open-files limit");
+    let server = Server::start().await;
+    let size = 1 << 20;
+    let data = Pattern::new(7).bytes(size);
+    let heads = Arc::new(AtomicUsize::new(0));
+    let receivers: Vec<_> = (0..TRANSFERS)
+        .map(|i| {
+            tokio::spawn(receive(
+                server.addr,
+                format!("/pipes-{i}"),
+                Arc::clone(&heads),
+            ))
+        })
+        .collect();
+    server
+        .wait_for("every receiver", |s| s.waiting_receivers == TRANSFERS)
+        .await;
+    // Every sender's head, no body yet: every transfer starts, and each
+    // receiver's response takes a pipe (before its head goes out) while
+    // all the others hold theirs.
+    let mut senders = Vec::new();
+    for i in 0..TRANSFERS {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        let head = format!("PUT /pipes-{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        senders.push(stream);
+    }
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while heads.load(Ordering::SeqCst) < TRANSFERS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every response started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let before = server.relay.totals();
+    let mut tasks = Vec::new();
+    for stream in senders {
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut read, mut write) = stream.into_split();
+            // The writing half stays open until the log is read (a
+            // half-close would say the sender left).
+            let upload = tokio::spawn(async move { write.write_all(&data).await.map(|()| write) });
+            let mut log = Vec::new();
+            let _ = tokio::time::timeout(LIMIT, read.read_to_end(&mut log)).await;
+            drop(upload.await.expect("upload task").expect("upload"));
+            String::from_utf8_lossy(&log).into_owned()
+        }));
+    }
+    let want = Sha256::digest(&data);
+    for (i, receiver) in receivers.into_iter().enumerate() {
+        let got = tokio::time::timeout(LIMIT, receiver)
+            .await
+            .expect("receiver in time")
+            .expect("receiver");
+        let at = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let head = String::from_utf8_lossy(&got[..at]);
+        assert!(head.starts_with("HTTP/1.1 200"), "receiver {i}: {head}");
+        assert_eq!(got.len() - at, size, "receiver {i}");
+        assert!(
+            Sha256::digest(&got[at..]) == want,
+            "receiver {i}: the bytes differ"
+        );
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let log = task.await.expect("sender");
+        assert!(
+            log.contains("All receiver(s) was/were received successfully."),
+            "sender {i}: {log}"
+        );
+    }
+    let after = server.relay.totals();
+    let spliced = after.spliced - before.spliced;
+    let total = (TRANSFERS * size) as u64;
+    assert_eq!(after.bytes - before.bytes, total, "every byte counted once");
+    assert!(
+        spliced > 0 && spliced < total,
+        "some transfers spliced, the others through the relay: {spliced} of {total} bytes spliced"
+    );
+    server.wait_empty().await;
+    server.stop().await;
+}
