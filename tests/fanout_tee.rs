@@ -238,6 +238,22 @@ impl Receiver {
     }
 }
 
+/// Waits (bounded by [`LIMIT`]) until `receiver` has had no new bytes for
+/// 100 ms; returns how many it has.
+async fn still(receiver: &Receiver, what: &str) -> usize {
+    let mut last = 0;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = receiver.progress.load(Ordering::SeqCst);
+        if now == last {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        last = now;
+    }
+}
+
 /// `n` receivers, spawned, waiting on the relay once this returns.
 async fn waiting_receivers(server: &Server, path: &str, hows: &[How]) -> Vec<Receiver> {
     let before = server.relay.stats().waiting_receivers;
@@ -1656,17 +1672,7 @@ async fn waiting_costs_no_cpu() {
     })
     .await;
     // Stalled: the others stop moving too (the slowest sets the pace).
-    let mut last = 0;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = others[0].progress.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never stalled");
-        last = now;
-    }
+    still(&others[0], "never stalled").await;
     assert_idle(
         "a tee waiting for a stalled receiver",
         Duration::from_secs(1),
@@ -1739,17 +1745,7 @@ async fn waiting_costs_no_cpu() {
         joined.iter().all(|r| r.progress.load(Ordering::SeqCst) > 0)
     })
     .await;
-    let mut last = 0;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = joined[0].progress.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never waited");
-        last = now;
-    }
+    let last = still(&joined[0], "never waited").await;
     assert!(
         last <= 4 << 20,
         "the joined ones got {last} bytes before the late one took any"

@@ -44,6 +44,16 @@ async fn lines(log: SenderLog) -> Vec<Log> {
     log.collect().await
 }
 
+/// The only receiver of `path`, once its transfer starts.
+async fn started(relay: &Relay, path: &str) -> Delivery {
+    relay
+        .receive(path, 1)
+        .expect("receiver")
+        .ready()
+        .await
+        .expect("start")
+}
+
 async fn settle(relay: &Relay, pred: impl Fn(&Stats) -> bool) {
     let (stats, ok) = relay.wait_until(Duration::from_secs(10), pred).await;
     assert!(ok, "{stats:?}");
@@ -190,12 +200,7 @@ async fn a_sender_that_leaves_after_its_whole_upload_still_delivers_it() {
                 let _ = lines_tx.send(line);
             }
         });
-        let delivery = relay
-            .receive("/p", 1)
-            .expect("r")
-            .ready()
-            .await
-            .expect("start");
+        let delivery = started(&relay, "/p").await;
         let chunks = if leaves_early { 5 } else { 10 };
         let feed = tokio::spawn(async move {
             for i in 0..chunks {
@@ -310,12 +315,7 @@ async fn a_known_length_receiver_that_stops_polling_counts_as_complete() {
         ..Head::default()
     };
     let log = tokio::spawn(lines(relay.send("/p", 1, head, b).expect("sender")));
-    let delivery = relay
-        .receive("/p", 1)
-        .expect("r")
-        .ready()
-        .await
-        .expect("start");
+    let delivery = started(&relay, "/p").await;
     tx.send(Ok(Bytes::from_static(b"abc"))).await.expect("feed");
     let mut stream = Box::pin(delivery.body);
     assert_eq!(stream.next().await, Some(Ok(Bytes::from_static(b"abc"))));

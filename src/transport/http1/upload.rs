@@ -240,18 +240,9 @@ pub(super) fn claim(offer: &Offer, to: &TcpStream) -> Option<Claim> {
     if state.claimed || state.ended.is_some() || state.remaining == 0 {
         return None;
     }
-    // Without a pipe the relay's queues carry the bytes.
-    let pipe = match Pipe::new() {
-        Ok(pipe) => pipe,
-        Err(error) => {
-            tracing::debug!(%error, "no pipe: the upload goes through the relay");
-            return None;
-        }
-    };
     state.claimed = true;
     let claim = One {
         source: Arc::clone(&source),
-        pipe,
         read: Arc::clone(&state.read),
         ran: false,
         after: state.yielded,
@@ -294,7 +285,6 @@ impl Claim {
 /// The claim of a transfer's only receiver.
 pub(super) struct One {
     source: Arc<Source>,
-    pipe: Pipe,
     read: Arc<OwnedReadHalf>,
     /// Whether it ran (else, dropped, it gives the socket back).
     ran: bool,
@@ -308,7 +298,22 @@ impl One {
     /// Writes the bytes read with the head, then splices the rest of the
     /// upload into `to`. Returns the bytes written; an error means the
     /// response must be cut.
+    ///
+    /// The pipe is made once the upload's bytes come, so that a transfer
+    /// still waiting for its body holds no descriptors; if it cannot be
+    /// made, the socket goes back to the body untouched and this returns
+    /// 0: the relay's queues then carry every byte.
     pub(super) async fn run(mut self, to: &TcpStream) -> io::Result<u64> {
+        if self.before.is_empty() {
+            // An error shows in the first splice.
+            let _ = self.read.readable().await;
+        }
+        // Without a pipe, dropped here, it gives the socket back.
+        let Ok(pipe) = Pipe::new().inspect_err(|error| {
+            tracing::debug!(%error, "no pipe: the upload goes through the relay");
+        }) else {
+            return Ok(0);
+        };
         self.ran = true;
         let before = std::mem::take(&mut self.before);
         let mut written = before.len() as u64;
@@ -317,7 +322,7 @@ impl One {
             return Err(error);
         }
         self.source.relay.count_relayed(before.len() as u64, false);
-        match splice_all(&self.pipe, self.read.as_ref().as_ref(), to, self.remaining).await {
+        match splice_all(&pipe, self.read.as_ref().as_ref(), to, self.remaining).await {
             Ok(()) => {
                 tracing::debug!(bytes = written + self.remaining, "upload spliced");
                 written += self.remaining;
@@ -338,8 +343,9 @@ impl One {
 
 impl Drop for One {
     fn drop(&mut self) {
-        // Dropped before it ran (the response was dropped): the socket
-        // goes back, nothing taken.
+        // Dropped before it took anything (the response was dropped while
+        // it waited for the upload's bytes, or no pipe could be made): the
+        // socket goes back, with the bytes read with the head.
         if !self.ran {
             self.source.give_back(0, std::mem::take(&mut self.before));
         }
@@ -387,8 +393,9 @@ fn max_pipes() -> usize {
 
 impl Pipe {
     /// A new pipe; an error past [`max_pipes`] or when the system has no
-    /// descriptor left. Callers make one before they take the upload's
-    /// socket, and leave the bytes to the relay's queues if they cannot.
+    /// descriptor left. Callers make one before they take any of the
+    /// upload's bytes, and leave them to the relay's queues if they
+    /// cannot.
     fn new() -> io::Result<Pipe> {
         if PIPES.fetch_add(1, Ordering::Relaxed) >= max_pipes() {
             PIPES.fetch_sub(1, Ordering::Relaxed);
