@@ -81,7 +81,7 @@ pub async fn serve_first(
     let (reply, ahead, keep_alive) =
         match Box::pin(read_first(&stream, head_timeout, max_head)).await {
             First::Closed => return Outcome::Closed,
-            First::Http2(read) => return Outcome::Http2(Rewind::new(stream, read)),
+            First::Http2(read) => return Outcome::Http2(Rewind::batched(stream, read)),
             First::NotTaken(read) => return Outcome::Http1(Rewind::new(stream, read)),
             First::Taken(
                 Taken {
@@ -646,11 +646,50 @@ impl Connection for tokio::net::tcp::OwnedWriteHalf {
 pub struct Rewind {
     before: Bytes,
     stream: TcpStream,
+    /// Small reads are served from reads of [`READ_BATCH`] (HTTP/2).
+    batched: bool,
 }
+
+/// What a batched [`Rewind`] reads at a time. The HTTP/2 codec asks for
+/// 8 KiB at a time: an h2c upload of 1 GiB took 131,000 `recvfrom`
+/// calls. A batch costs a copy out of it, far less than the calls it
+/// saves; it is allocated for each read and gone once consumed, so an
+/// idle connection holds none.
+const READ_BATCH: usize = 128 * 1024;
 
 impl Rewind {
     fn new(stream: TcpStream, before: Bytes) -> Self {
-        Rewind { before, stream }
+        Rewind {
+            before,
+            stream,
+            batched: false,
+        }
+    }
+
+    /// For HTTP/2: small reads come out of larger ones.
+    fn batched(stream: TcpStream, before: Bytes) -> Self {
+        Rewind {
+            before,
+            stream,
+            batched: true,
+        }
+    }
+
+    /// Reads up to [`READ_BATCH`] from the socket into `before`.
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut batch = BytesMut::with_capacity(READ_BATCH);
+        loop {
+            match self.stream.try_read_buf(&mut batch) {
+                Ok(_) => {
+                    self.before = batch.freeze();
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.stream.poll_read_ready(cx))?;
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
     }
 }
 
@@ -662,7 +701,11 @@ impl AsyncRead for Rewind {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.before.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
+            if !this.batched || buf.remaining() >= READ_BATCH {
+                return Pin::new(&mut this.stream).poll_read(cx, buf);
+            }
+            std::task::ready!(this.poll_batch(cx))?;
+            // Empty: the end of the stream.
         }
         let n = this.before.len().min(buf.remaining());
         buf.put_slice(&this.before[..n]);
@@ -704,6 +747,45 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batched connection serves small reads from larger ones, in order,
+    /// the bytes put back first, then the end.
+    #[tokio::test]
+    async fn a_batched_rewind_reads_in_order_to_the_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let data: Vec<u8> = (0..3 * READ_BATCH + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.expect("write");
+            client.shutdown().await.expect("shutdown");
+        });
+        let mut rewind = Rewind::batched(server, Bytes::from_static(b"PRI"));
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 8 * 1024];
+        loop {
+            let n = rewind.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        writer.await.expect("writer");
+        assert_eq!(&got[..3], b"PRI");
+        assert!(
+            got[3..] == data[..],
+            "{} bytes after the prefix",
+            got.len() - 3
+        );
+    }
 
     fn taken(head: &str) -> Option<Taken> {
         match parse(head.as_bytes()) {
