@@ -748,18 +748,24 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
+    /// Both ends of a new loopback connection: (client, server).
+    async fn loopback_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
     /// A batched connection serves small reads from larger ones, in order,
     /// the bytes put back first, then the end.
     #[tokio::test]
     async fn a_batched_rewind_reads_in_order_to_the_end() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (mut client, server) = loopback_pair().await;
         let data: Vec<u8> = (0..3 * READ_BATCH + 12_345)
             .map(|i| (i % 251) as u8)
             .collect();
@@ -883,13 +889,7 @@ mod tests {
     #[tokio::test]
     async fn a_date_the_response_has_is_not_doubled() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
+        let (mut client, mut server) = loopback_pair().await;
         for date in [Some("Thu, 01 Jan 1970 00:00:00 GMT"), None] {
             let mut response = Response::new(Body::full("hi"));
             if let Some(date) = date {
