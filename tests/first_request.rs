@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, LIMIT};
+use common::{upload_reading_log, Server, LIMIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -273,18 +273,7 @@ async fn an_upload_to_a_first_request_receiver_arrives_whole() {
             data.len()
         );
         s.write_all(head.as_bytes()).await.expect("write");
-        let (mut read, mut write) = s.into_split();
-        let body = data.clone();
-        // The writing half is kept open until the log has been read: a
-        // client that half-closes is taken as gone (as with hyper).
-        let upload = tokio::spawn(async move { write.write_all(&body).await.map(|()| write) });
-        let mut log = Vec::new();
-        tokio::time::timeout(LIMIT, read.read_to_end(&mut log))
-            .await
-            .expect("log in time")
-            .expect("log");
-        drop(upload.await.expect("task").expect("upload"));
-        let log = String::from_utf8_lossy(&log).into_owned();
+        let log = upload_reading_log(s, data.clone()).await;
         assert!(
             log.contains("All receiver(s) was/were received successfully."),
             "{log}"
@@ -444,16 +433,13 @@ async fn bytes_sent_with_the_head_are_counted_once() {
         .into_bytes();
         request.extend_from_slice(&data);
         let s = TcpStream::connect(server.addr).await.expect("connect");
-        let (mut read, mut write) = s.into_split();
-        let upload = tokio::spawn(async move { write.write_all(&request).await.map(|()| write) });
-        let mut log = Vec::new();
-        tokio::time::timeout(LIMIT, read.read_to_end(&mut log))
-            .await
-            .expect("log in time")
-            .expect("log");
-        drop(upload.await.expect("task").expect("upload"));
+        let log = upload_reading_log(s, request).await;
         let (_, body) = receiver.await.expect("receiver");
         assert!(body == data, "round {round}: the body differs");
+        assert!(
+            log.contains("All receiver(s) was/were received successfully."),
+            "round {round}: {log}"
+        );
         assert_eq!(
             server.relay.totals().bytes - before,
             data.len() as u64,

@@ -122,18 +122,10 @@ async fn transfers_past_the_pipe_budget_go_through_the_relay_whole() {
     until(&firsts, "every receiver has the first bytes").await;
     let mut tasks = Vec::new();
     for stream in senders {
-        let data = data.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut read, mut write) = stream.into_split();
-            // The writing half stays open until the log is read (a
-            // half-close would say the sender left).
-            let upload =
-                tokio::spawn(async move { write.write_all(&data[FIRST..]).await.map(|()| write) });
-            let mut log = Vec::new();
-            let _ = tokio::time::timeout(LIMIT, read.read_to_end(&mut log)).await;
-            drop(upload.await.expect("upload task").expect("upload"));
-            String::from_utf8_lossy(&log).into_owned()
-        }));
+        tasks.push(tokio::spawn(upload_reading_log(
+            stream,
+            data.slice(FIRST..),
+        )));
     }
     let want = Sha256::digest(&data);
     for (i, receiver) in receivers.into_iter().enumerate() {

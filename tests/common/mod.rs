@@ -27,6 +27,25 @@ use tubes::transport::tls::{Certs, Source, ALPN_H2, ALPN_H3, ALPN_HTTP11};
 /// Bound for anything a test waits on.
 pub const LIMIT: Duration = Duration::from_secs(20);
 
+/// Writes `body` on a sender's raw connection while reading its log to
+/// the end, as curl does, and returns the log. The writing half stays open
+/// until the log is read: a client that half-closes is taken as gone.
+pub async fn upload_reading_log(
+    stream: TcpStream,
+    body: impl AsRef<[u8]> + Send + 'static,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut read, mut write) = stream.into_split();
+    let upload = tokio::spawn(async move { write.write_all(body.as_ref()).await.map(|()| write) });
+    let mut log = Vec::new();
+    tokio::time::timeout(LIMIT, read.read_to_end(&mut log))
+        .await
+        .expect("log in time")
+        .expect("log");
+    drop(upload.await.expect("upload task").expect("upload"));
+    String::from_utf8_lossy(&log).into_owned()
+}
+
 pub struct Server {
     /// The plain listener (HTTP/1.0, 1.1, h2c).
     pub addr: SocketAddr,
